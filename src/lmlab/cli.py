@@ -1,0 +1,174 @@
+"""The `lmlab` command: a verb table. Parse, build the config, call one function.
+
+Grammar (DESIGN.md, "The command-line contract")::
+
+    lmlab VERB [SUBVERB] [POSITIONAL ...] [CONFIG.yaml] [key=value ...] [--resume] [--force] [--quiet]
+
+Every row of `COMMANDS` names a config dataclass (its fields are the keys), the function that
+runs it (imported lazily so `lmlab --help` stays fast), and which keys positional arguments fill.
+The same table backs the Python API (`lmlab.api.call`).
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmlab.errors import LmlabError
+
+FLAGS = ("--help", "-h", "--resume", "--force", "--quiet")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    """Words that select the command, e.g. 'eval ppl'."""
+    config: str
+    """'module:Class' of the config dataclass."""
+    run: str
+    """'module:function' called as function(cfg[, resume=, force=])."""
+    positional: tuple[str, ...] = ()
+    """Keys filled by positional arguments in order; a name ending in '*' takes all the rest."""
+    help: str = ""
+
+
+COMMANDS: list[Command] = [
+    Command("quickstart", "lmlab.recipes:QuickstartConfig", "lmlab.recipes:quickstart", (),
+            "storyworld → tokenizer → pretrain → SFT → eval → report, minutes on a laptop CPU"),
+    Command("run", "lmlab.recipes:RunConfig", "lmlab.recipes:run_recipe", ("recipe",),
+            "run a YAML recipe of stages (stage.key=value overrides)"),
+    Command("train pt", "lmlab.train.config:PretrainConfig", "lmlab.train.pretrain:run", (),
+            "pretrain (from scratch or continued) on text"),
+    Command("train sft", "lmlab.train.config:SFTConfig", "lmlab.train.sft:run", (),
+            "supervised fine-tuning (full, freeze, LoRA, QLoRA)"),
+    Command("train rm", "lmlab.train.config:RewardConfig", "lmlab.train.reward:run", (),
+            "Bradley–Terry reward model on preference pairs"),
+    # rows added by each module: keep one line per command, grouped by verb
+]
+
+
+def _load(ref: str) -> Any:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def find_command(words: list[str]) -> tuple[Command | None, int]:
+    """The command whose name matches the most leading words."""
+    best, used = None, 0
+    for cmd in COMMANDS:
+        parts = cmd.name.split()
+        if words[: len(parts)] == parts and len(parts) > used:
+            best, used = cmd, len(parts)
+    return best, used
+
+
+def usage() -> str:
+    width = max(len(c.name) + sum(len(p) + 3 for p in c.positional) for c in COMMANDS) + 2
+    rows = []
+    for c in COMMANDS:
+        sig = c.name + "".join(f" {p.rstrip('*').upper()}{'...' if p.endswith('*') else ''}" for p in c.positional)
+        rows.append(f"  lmlab {sig:<{width}} {c.help}")
+    return (
+        "lmlab — the whole life of a small language model.\n\n"
+        "usage: lmlab COMMAND [ARGS] [CONFIG.yaml] [key=value ...] [--resume] [--force] [--quiet]\n\n"
+        "commands:\n" + "\n".join(rows) + "\n\n"
+        "`lmlab COMMAND --help` lists a command's keys. Nested keys use dots: lora.rank=16."
+    )
+
+
+def parse_args(cmd: Command, args: list[str]) -> tuple[dict[str, Any], set[str]]:
+    """Split args into a key mapping (YAML file, positionals, key=value) and flags."""
+    from lmlab.config import load_yaml, merge, parse_overrides
+
+    flags = {a for a in args if a.startswith("--")}
+    unknown = flags - set(FLAGS)
+    if unknown:
+        from lmlab.config import closest
+
+        bad = sorted(unknown)[0]
+        hint = closest(bad, FLAGS)
+        raise LmlabError(
+            f"unknown flag {bad}" + (f"; did you mean {hint}?" if hint else "")
+            + f" (flags: {', '.join(FLAGS)}; everything else is key=value)"
+        )
+    rest = [a for a in args if not a.startswith("--") and a != "-h"]
+    pairs = [a for a in rest if "=" in a and not a.startswith("=")]
+    loose = [a for a in rest if a not in pairs]
+    mapping: dict[str, Any] = {}
+    # A trailing YAML file is a config for commands that take no YAML positional.
+    if loose and loose[-1].endswith((".yaml", ".yml")) and not any(p.rstrip("*") in ("recipe",) for p in cmd.positional):
+        mapping = load_yaml(loose.pop())
+    positional: dict[str, Any] = {}
+    names = list(cmd.positional)
+    for i, name in enumerate(names):
+        if name.endswith("*"):
+            positional[name[:-1]] = loose[i:]
+            loose = loose[:i]
+            break
+        if i < len(loose):
+            positional[name] = loose[i]
+    if len(loose) > len([n for n in names if not n.endswith("*")]):
+        extra = loose[len(names):]
+        raise LmlabError(f"lmlab {cmd.name}: unexpected argument(s) {' '.join(extra)}; options are key=value")
+    mapping = merge(mapping, positional)
+    mapping = merge(mapping, parse_overrides(pairs))
+    return mapping, flags
+
+
+def call(cmd: Command, mapping: dict[str, Any], *, resume: bool = False, force: bool = False, where: str | None = None) -> Any:
+    """Validate `mapping` against the command's config and run it."""
+    from lmlab.config import build
+
+    cfg = build(_load(cmd.config), mapping, where=where or f"lmlab {cmd.name}")
+    fn = _load(cmd.run)
+    params = inspect.signature(fn).parameters
+    kwargs = {k: v for k, v in (("resume", resume), ("force", force)) if k in params}
+    return fn(cfg, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    words = [a for a in argv if not a.startswith("-")]
+    if not argv or argv[0] in ("--help", "-h", "help"):
+        print(usage())
+        return 0
+    if "--quiet" in argv:
+        os.environ["LMLAB_QUIET"] = "1"
+    cmd, used = find_command(words)
+    if cmd is None:
+        from lmlab.config import closest
+
+        names = sorted({c.name for c in COMMANDS} | {c.name.split()[0] for c in COMMANDS})
+        guess = closest(" ".join(words[:2]), names) or closest(words[0] if words else "", names)
+        print(f"lmlab: unknown command '{' '.join(words[:2])}'" + (f"; did you mean 'lmlab {guess}'?" if guess else ""), file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 2
+    # drop the command words (first occurrences) from argv, keep the rest in order
+    rest = list(argv)
+    for w in cmd.name.split()[:used]:
+        rest.remove(w)
+    if "--help" in rest or "-h" in rest:
+        from lmlab.config import help_text
+
+        klass = _load(cmd.config)
+        pos = " ".join(p.rstrip("*").upper() + ("..." if p.endswith("*") else "") for p in cmd.positional)
+        print(f"usage: lmlab {cmd.name} {pos} [key=value ...]\n\n{cmd.help}\n\n{(klass.__doc__ or '').strip()}\n\nkeys:\n{help_text(klass)}")
+        return 0
+    try:
+        mapping, flags = parse_args(cmd, rest)
+        call(cmd, mapping, resume="--resume" in flags, force="--force" in flags)
+    except LmlabError as exc:
+        print(f"lmlab {cmd.name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nlmlab {cmd.name}: interrupted; finished checkpoints are kept (rerun with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

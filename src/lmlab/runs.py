@@ -1,0 +1,233 @@
+"""Run folders: where every stage writes everything it made, atomically.
+
+Layout of one stage's folder (`runs/<name>/<stage>/`)::
+
+    config.yaml        the resolved config (after YAML + overrides + defaults)
+    metrics.jsonl      one JSON object per line, at least {"step", "loss"} for training
+    tb/                TensorBoard event files
+    checkpoints/step-N/  model + optimizer + scheduler + RNG + data position (latest few kept)
+    final/             the trained model in Hugging Face format (save_pretrained)
+    samples.jsonl      generations made during or after training
+    result.json        final metrics; its presence marks the stage as finished
+
+Every file is written to a temporary name in the same folder and then renamed, so a run killed at
+any moment leaves either the old file or the new one, never half of one. Checkpoint folders are
+built under a temporary name and renamed as a whole for the same reason.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmlab.errors import LmlabError
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` via a temp file + fsync + rename in the same directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def atomic_write_yaml(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True))
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory under a temporary name; rename it into place only if the body succeeds.
+
+    An existing directory at `path` is replaced (moved aside, then deleted) only after the new one
+    is complete, so a crash never leaves `path` missing or half-written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file, ignoring a torn last line (a crash mid-append)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise LmlabError(f"{path}:{i + 1}: not valid JSON") from None
+    return rows
+
+
+class RunDir:
+    """One stage's output folder; knows its files and whether the stage finished."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- files ------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def result_path(self) -> Path:
+        return self.path / "result.json"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.path / "final"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.path / "tb"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # -- state ------------------------------------------------------------------------------
+    def is_done(self) -> bool:
+        return self.result_path.exists()
+
+    def result(self) -> dict[str, Any]:
+        return json.loads(self.result_path.read_text()) if self.is_done() else {}
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a checkpoint is complete once renamed into place)."""
+        if not self.checkpoints_dir.exists():
+            return []
+        found = [p for p in self.checkpoints_dir.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[5:]))
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpts = self.checkpoints()
+        return ckpts[-1] if ckpts else None
+
+    # -- writing ----------------------------------------------------------------------------
+    def prepare(self, *, resume: bool = False, force: bool = False) -> None:
+        """Create the folder; refuse to silently overwrite or mix runs.
+
+        A finished stage must be forced to re-run; an interrupted one must be resumed or forced,
+        so work is never thrown away by accident.
+        """
+        if force and self.path.exists():
+            shutil.rmtree(self.path)
+        elif self.path.exists() and not resume and not self.is_done() and self.latest_checkpoint():
+            raise LmlabError(
+                f"{self.path} holds an interrupted run (last checkpoint {self.latest_checkpoint().name}); "
+                "pass --resume to continue it or --force to start over"
+            )
+        elif self.path.exists() and not resume and not self.is_done() and self.metrics_path.exists():
+            # Interrupted before its first checkpoint: nothing to resume, start clean.
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def save_config(self, config: dict[str, Any]) -> None:
+        atomic_write_yaml(self.config_path, config)
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        """Append one JSON line (appends of one short line are effectively atomic)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, default=float) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """On resume, drop metric rows logged after the checkpoint we resume from."""
+        rows = [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= last_step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_path)
+
+    def finish(self, result: dict[str, Any]) -> None:
+        atomic_write_json(self.result_path, result)
+
+    def prune_checkpoints(self, keep: int, protect: Path | None = None) -> None:
+        """Keep the newest `keep` checkpoints (and `protect`, e.g. the best one)."""
+        ckpts = self.checkpoints()
+        for old in ckpts[: max(0, len(ckpts) - keep)]:
+            if protect is not None and old.resolve() == Path(protect).resolve():
+                continue
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class RunResult:
+    """What a stage returns: its folder and its final metrics (also in result.json)."""
+
+    path: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> Path:
+        return self.path / "final"
