@@ -15,7 +15,6 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from lmlab.errors import LmlabError
@@ -121,9 +120,10 @@ def parse_args(cmd: Command, args: list[str]) -> tuple[dict[str, Any], set[str]]
 
 def call(cmd: Command, mapping: dict[str, Any], *, resume: bool = False, force: bool = False, where: str | None = None) -> Any:
     """Validate `mapping` against the command's config and run it."""
-    from lmlab.config import build
+    from lmlab.config import build, route_extra_keys
 
-    cfg = build(_load(cmd.config), mapping, where=where or f"lmlab {cmd.name}")
+    klass = _load(cmd.config)
+    cfg = build(klass, route_extra_keys(klass, mapping), where=where or f"lmlab {cmd.name}")
     fn = _load(cmd.run)
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in (("resume", resume), ("force", force)) if k in params}

@@ -25,7 +25,7 @@ T = TypeVar("T")
 MISSING = dataclasses.MISSING
 
 
-def opt(default: Any = MISSING, help: str = "", **kw: Any) -> Any:  # noqa: A002 - mirrors argparse
+def opt(default: Any = MISSING, help: str = "", **kw: Any) -> Any:
     """A dataclass field with help text; mutable defaults are wrapped in a factory."""
     meta = {"help": help}
     if isinstance(default, (list, dict, set)):
@@ -263,3 +263,16 @@ def help_text(cls: type) -> str:
     del hints
     walk(cls, "")
     return "\n".join(lines)
+
+
+def route_extra_keys(klass: type, mapping: dict[str, Any]) -> dict[str, Any]:
+    """For configs with EXTRA_KEYS_FIELD, move unknown top-level keys into that field."""
+    extra_field = getattr(klass, "EXTRA_KEYS_FIELD", None)
+    if not extra_field:
+        return mapping
+    names = {f.name for f in dataclasses.fields(klass)}
+    out = {k: v for k, v in mapping.items() if k in names}
+    extra = {k: v for k, v in mapping.items() if k not in names}
+    if extra:
+        out[extra_field] = merge(out.get(extra_field) or {}, extra)
+    return out
