@@ -163,7 +163,7 @@ def execute(name: str, root: Path, stages: list[Stage], *, only: list[str], resu
         t0 = time.time()
         result = call(by_name[stage.command], stage.keys, resume=resume, force=force, where=f"{name}/{stage.name}")
         metrics = getattr(result, "metrics", result)
-        if stage.command != "report" and not run.is_done() and stage.out.exists():
+        if stage.command != "report" and not run.is_done():
             atomic_write_json(run.result_path, metrics if isinstance(metrics, dict) else {"result": str(metrics)})
         results[stage.name] = metrics
         log(f"[green]✔ {name}/{stage.name}[/green] in {time.time() - t0:.0f}s")
