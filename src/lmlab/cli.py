@@ -46,6 +46,12 @@ COMMANDS: list[Command] = [
             "supervised fine-tuning (full, freeze, LoRA, QLoRA)"),
     Command("train rm", "lmlab.train.config:RewardConfig", "lmlab.train.reward:run", (),
             "Bradley–Terry reward model on preference pairs"),
+    Command("eval reward", "lmlab.eval.reward_analysis:RewardAnalysisConfig", "lmlab.eval.reward_analysis:run", (),
+            "reward-model analysis: accuracy, Welch t-test, length bias, readability, keywords, plots"),
+    Command("eval compare", "lmlab.eval.compare:CompareConfig", "lmlab.eval.compare:run", (),
+            "model A vs B: generate, judge (gold or RM), win rate, paired tests, samples side by side"),
+    Command("report", "lmlab.report:ReportConfig", "lmlab.report:report", ("run_dir",),
+            "Markdown + self-contained HTML report, plots, CSV/XLSX of a run folder"),
     # rows added by each module: keep one line per command, grouped by verb
 ]
 

@@ -1,0 +1,142 @@
+"""`lmlab report` on a fake recipe run folder built from artifacts only (no training)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import time
+
+import pytest
+import yaml
+
+from lmlab.errors import LmlabError
+from lmlab.report import ReportConfig, find_stages, flatten, metric_rows, report
+
+
+def _stage(root, name, *, config, rows=(), result=None, eval_metrics=None, samples=(), png=False):
+    path = root / name
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    if rows:
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if result is not None:
+        (path / "result.json").write_text(json.dumps(result))
+    if eval_metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(eval_metrics))
+    if samples:
+        (path / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    if png:
+        from lmlab.plots import bars
+
+        bars({"a": 1.0, "b": 2.0}, path / "ppl.png", title="ppl")
+    return path
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    root = tmp_path / "myrun"
+    pt_rows = [{"step": s, "loss": 5.0 - 0.1 * s, "lr": 1e-3} for s in range(1, 21)]
+    pt_rows[9]["val_loss"] = 4.5
+    pt_rows[19]["val_loss"] = 3.9
+    sft_rows = [{"step": s, "loss": 2.0 - 0.05 * s} for s in range(1, 11)] + [{"step": 10, "val_loss": 1.7}]
+    _stage(root, "pt", config={"model": "transformer:tiny", "data": "storyworld/pretrain", "lr": 1e-3, "max_steps": 20,
+                               "lora": {"rank": 8}, "tuning": None},
+           rows=pt_rows, result={"loss": 3.1, "val_loss": 3.9}, samples=[{"step": 20, "prompt": "Once", "completion": "upon a time"}])
+    time.sleep(0.02)
+    _stage(root, "sft", config={"model": "runs/x/pt", "tuning": "lora", "lora": {"rank": 8, "alpha": 16}},
+           rows=sft_rows, result={"loss": 1.5, "val_loss": 1.7})
+    time.sleep(0.02)
+    _stage(root, "ppl", config={"model": "a,b"}, eval_metrics={"models": {"pt": {"ppl": 41.5, "bpb": 1.2}, "sft": {"ppl": 17.25, "bpb": 0.9}},
+                                                               "data": "storyworld/pretrain"}, png=True)
+    # the stage order comes from artifact times, not names: make pt clearly first
+    for i, name in enumerate(("pt", "sft", "ppl")):
+        for f in (root / name).iterdir():
+            os.utime(f, (1_000_000 + i * 100, 1_000_000 + i * 100))
+    (root / "notastage").mkdir()
+    return root
+
+
+def test_report_has_every_section_and_plot(fake_run):
+    out = report(ReportConfig(run_dir=str(fake_run)))
+    assert out["stages"] == ["pt", "sft", "ppl"]
+    md = (fake_run / "report.md").read_text()
+    for heading in ("# lmlab report: myrun", "## Overview", "## Stage: pt", "## Stage: sft", "## Stage: ppl",
+                    "### Key settings", "### Final metrics", "### Curves", "### Evaluation", "### Samples"):
+        assert heading in md, heading
+    # sections appear in run order
+    assert md.index("## Stage: pt") < md.index("## Stage: sft") < md.index("## Stage: ppl")
+    # every referenced image exists and is a non-empty PNG
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert "plots/all_losses.png" in refs and "plots/pt_loss.png" in refs and "plots/sft_loss.png" in refs
+    assert "ppl/ppl.png" in refs and "plots/ppl_eval.png" in refs
+    for ref in refs:
+        data = (fake_run / ref).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, ref
+    # overview row of pt: 20 steps, last train loss 5.0 - 2.0 = 3.0, last val loss 3.9
+    assert "| pt | 20 | 3 | 3.9 |" in md
+    # lora.rank is shown for the LoRA stage only
+    sft_part = md[md.index("## Stage: sft"):md.index("## Stage: ppl")]
+    pt_part = md[md.index("## Stage: pt"):md.index("## Stage: sft")]
+    assert "| lora.rank | 8 |" in sft_part and "lora.rank" not in pt_part
+    # eval table: models × metrics
+    assert "| pt | 41.5 | 1.2 |" in md and "| sft | 17.25 | 0.9 |" in md
+    assert "upon a time" in md
+
+
+def test_html_is_self_contained(fake_run):
+    report(ReportConfig(run_dir=str(fake_run)))
+    page = (fake_run / "report.html").read_text()
+    srcs = re.findall(r"src=['\"]([^'\"]+)", page)
+    md_refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (fake_run / "report.md").read_text())
+    assert len(srcs) == len(md_refs) > 0
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert "<link" not in page and "http://" not in page and "https://" not in page
+
+
+def test_csv_and_xlsx_hold_every_number(fake_run):
+    from openpyxl import load_workbook
+
+    report(ReportConfig(run_dir=str(fake_run)))
+    with open(fake_run / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # pt: 20 rows × (loss, lr) + 2 val_loss; sft: 10 loss + 1 val; results 2+2; eval 4 numbers
+    assert len(rows) == 20 * 2 + 2 + 10 + 1 + 2 + 2 + 4
+    assert {"stage": "ppl", "source": "eval", "step": "", "metric": "models.sft.ppl", "value": "17.25"} in rows
+    assert {"stage": "pt", "source": "train", "step": "20", "metric": "val_loss", "value": "3.9"} in rows
+    book = load_workbook(fake_run / "metrics.xlsx")
+    assert book.sheetnames == ["summary", "pt", "sft"]
+    assert book["pt"].max_row == 21  # header + 20 steps
+    assert [c.value for c in book["pt"][1]] == ["step", "loss", "lr", "val_loss"]
+    summary = [tuple(c.value for c in r) for r in book["summary"].iter_rows(min_row=2)]
+    assert ("ppl", "eval", "models.pt.ppl", 41.5) in summary and len(summary) == 8
+
+
+def test_single_stage_folder(fake_run):
+    out = report(ReportConfig(run_dir=str(fake_run / "sft")))
+    assert out["stages"] == ["sft"]
+    assert (fake_run / "sft" / "report.html").exists() and (fake_run / "sft" / "plots" / "sft_loss.png").exists()
+
+
+def test_errors_name_the_folder(tmp_path):
+    with pytest.raises(LmlabError, match="no such folder"):
+        find_stages(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LmlabError, match=r"empty: no stage folders found.*metrics.jsonl"):
+        find_stages(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "result.json").write_text("{oops")
+    with pytest.raises(LmlabError, match=r"result.json:1: not valid JSON"):
+        find_stages(bad)
+
+
+def test_flatten_and_metric_rows():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": [1, 2]}) == {"a.b": 1, "a.c.d": 2, "e": [1, 2]}
+    from lmlab.report import Stage
+
+    s = Stage("x", None, rows=[{"step": 1, "loss": 2.0, "ok": True, "nan": float("nan")}], result={"acc": 1})
+    assert metric_rows([s]) == [
+        {"stage": "x", "source": "train", "step": 1, "metric": "loss", "value": 2.0},
+        {"stage": "x", "source": "result", "step": "", "metric": "acc", "value": 1.0},
+    ]
