@@ -1,0 +1,184 @@
+"""Named datasets: what each is, where its files live in a local mirror, and its hub id.
+
+A name resolves, per split, to one of three sources:
+
+- a file (or folder) under `$LMLAB_DATA_DIR` — the mirror layout of `shared/data` (see its
+  MANIFEST.md); set `LMLAB_DATA_DIR=/path/to/mirror` to use real data offline;
+- a Hugging Face hub dataset (`datasets.load_dataset`), when no mirror is set;
+- storyworld, the built-in generator (`storyworld/pretrain` …), always available offline.
+
+`resolve(name, split)` says which; `resolve_path(name, split)` gives the mirror path (eval code uses
+it for benchmarks such as mmlu and gsm8k).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lmlab.config import closest
+from lmlab.errors import DataError
+
+ENV = "LMLAB_DATA_DIR"
+SPLITS = ("train", "validation", "test")
+
+# Storyworld task → default number of training records; validation/test get a tenth.
+STORYWORLD_SIZES = {"pretrain": 20000, "instruct": 4000, "continue": 4000, "prefs": 3000, "kto": 3000, "qa": 3000}
+STORYWORLD_KINDS = {"pretrain": "text", "instruct": "chat", "continue": "chat", "prefs": "preference",
+                    "kto": "feedback", "qa": "chat"}
+# Large, distinct seed offsets per split, so train / validation / test draw different stories.
+SPLIT_SEED_OFFSET = {"train": 0, "validation": 1_000_003, "test": 2_000_029}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    kind: str  # text | chat | preference | feedback | labelled | benchmark
+    description: str
+    files: dict[str, str] = field(default_factory=dict)  # split → path relative to $LMLAB_DATA_DIR
+    hub: str | None = None  # "owner/name" or "owner/name:config"
+    columns: dict[str, str] = field(default_factory=dict)  # {canonical: source}
+    text_unit: str = "paragraph"  # how .txt files split into documents
+
+
+DATASETS: dict[str, Dataset] = {d.name: d for d in [
+    Dataset("tinystories", "text", "TinyStories (Eldan & Li 2023): short stories for 3-4 year olds. Mirror: the first "
+            "train stories and a 640 KB slice of the V2-GPT4 validation set",
+            {"train": "tinystories/TinyStories-train.head.txt",
+             "validation": "tinystories/TinyStoriesV2-GPT4-valid.part1.txt"}, hub="roneneldan/TinyStories"),
+    Dataset("ptb", "text", "Penn Treebank (Mikolov preprocessing), one sentence a line. The mirror has no train "
+            "split (validation and test only)",
+            {"validation": "ptb/ptb.valid.txt", "test": "ptb/ptb.test.txt"}, hub="ptb_text_only", text_unit="line"),
+    Dataset("wikitext2", "text", "WikiText-2 (tokenized, <unk>), one paragraph a line. The mirror has no train split",
+            {"validation": "wikitext-2/valid.txt", "test": "wikitext-2/test.txt"},
+            hub="Salesforce/wikitext:wikitext-2-v1", text_unit="line"),
+    Dataset("alpaca", "chat", "English Alpaca-style instructions {instruction, input, output} (LLaMA-Factory demo "
+            "sample on the mirror)", {"train": "instruct/alpaca_en_demo.json"}, hub="yahma/alpaca-cleaned"),
+    Dataset("alpaca-zh", "chat", "Chinese Alpaca-style instructions (LLaMA-Factory demo sample)",
+            {"train": "instruct/alpaca_zh_demo.json"}, hub="llamafactory/alpaca_zh"),
+    Dataset("dpo-en", "preference", "English preference pairs, ShareGPT pairwise layout (LLaMA-Factory demo)",
+            {"train": "preference/dpo_en_demo.json"}, hub="llamafactory/DPO-En-Zh-20k:en"),
+    Dataset("dpo-zh", "preference", "Chinese preference pairs, ShareGPT pairwise layout (LLaMA-Factory demo)",
+            {"train": "preference/dpo_zh_demo.json"}, hub="llamafactory/DPO-En-Zh-20k:zh"),
+    Dataset("kto-en", "feedback", "English unpaired feedback {messages, label} for KTO (LLaMA-Factory demo)",
+            {"train": "preference/kto_en_demo.json"}, hub="llamafactory/kto-mix-15k"),
+    Dataset("hh-rlhf", "preference", "Anthropic helpful/harmless dialogues (chosen/rejected whole dialogues). The "
+            "mirror substitutes dpo-en (hh-rlhf is Git-LFS upstream)",
+            {"train": "preference/dpo_en_demo.json"}, hub="Anthropic/hh-rlhf"),
+    Dataset("imdb", "labelled", "IMDB movie reviews (Maas et al. 2011), label positive/negative. Mirror: 2,500 reviews",
+            {"train": "imdb/imdb_reviews.csv"}, hub="stanfordnlp/imdb", columns={"text": "review", "label": "sentiment"}),
+    Dataset("rocstories", "benchmark", "Story Cloze validation (ROCStories): 4 sentences + two candidate endings",
+            {"validation": "rocstories/story_cloze_val.csv"}),
+    Dataset("mmlu", "benchmark", "MMLU: one CSV per subject {question, choice0-3, answer index}; a folder per split",
+            {"test": "eval/mmlu/test", "validation": "eval/mmlu/dev"}, hub="cais/mmlu:all"),
+    Dataset("openbookqa", "benchmark", "OpenBookQA (TSV: Question Stem, Choices, Answer Key); mirror test split is held out",
+            {"train": "eval/openbookqa/train.tsv", "validation": "eval/openbookqa/dev.tsv"}, hub="allenai/openbookqa:main"),
+    Dataset("gsm8k", "benchmark", "GSM8K grade-school maths {question, answer '... #### N'}",
+            {"train": "eval/gsm8k/train.jsonl", "test": "eval/gsm8k/test.jsonl"}, hub="openai/gsm8k:main"),
+    Dataset("chinese-poetry", "text", "全唐诗 Tang poems, traditional characters; a text is the title and its lines",
+            {"train": "chinese-poetry/quan_tang_shi.poet.tang.jsonl.gz"}),
+    Dataset("song-ci", "text", "宋词 Song ci, simplified characters; a text is the rhythmic title and its lines",
+            {"train": "chinese-poetry/song_ci.ci.song.jsonl.gz"}, columns={"title": "rhythmic"}),
+]}
+for _task, _kind in STORYWORLD_KINDS.items():
+    DATASETS[f"storyworld/{_task}"] = Dataset(
+        f"storyworld/{_task}", _kind, f"built-in storyworld '{_task}' task ({STORYWORLD_SIZES[_task]} train records, "
+        "a tenth for validation/test; splits never share a story)")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one split of a dataset comes from right now."""
+
+    kind: str  # "mirror" | "hub" | "storyworld"
+    path: Path | None = None
+    hub: str | None = None
+    task: str | None = None
+
+
+def data_dir() -> Path | None:
+    value = os.environ.get(ENV)
+    return Path(value).expanduser() if value else None
+
+
+def is_registered(name: str) -> bool:
+    return name in DATASETS
+
+
+def get(name: str) -> Dataset:
+    if name in DATASETS:
+        return DATASETS[name]
+    hint = closest(name, DATASETS)
+    raise DataError(
+        f"unknown dataset '{name}'" + (f"; did you mean '{hint}'?" if hint else "")
+        + " (`lmlab data list` shows them; a local file path or a hub id 'owner/name' works too)"
+    )
+
+
+def splits(name: str) -> list[str]:
+    ds = get(name)
+    if ds.name.startswith("storyworld/"):
+        return list(SPLITS)
+    return [s for s in SPLITS if s in ds.files]
+
+
+def _check_split(ds: Dataset, split: str) -> None:
+    available = list(SPLITS) if ds.name.startswith("storyworld/") else list(ds.files)
+    if split not in available:
+        hint = closest(split, available)
+        raise DataError(
+            f"dataset '{ds.name}' has no split '{split}'" + (f"; did you mean '{hint}'?" if hint else "")
+            + f" (splits: {', '.join(available)}). {ds.description}"
+        )
+
+
+def resolve(name: str, split: str = "train") -> Source:
+    """The source of one split: storyworld, the mirror file under $LMLAB_DATA_DIR, or the hub."""
+    ds = get(name)
+    if ds.name.startswith("storyworld/"):
+        _check_split(ds, split)
+        return Source("storyworld", task=ds.name.split("/", 1)[1])
+    root = data_dir()
+    if root is not None:
+        return Source("mirror", path=resolve_path(name, split))
+    if ds.hub:
+        return Source("hub", hub=ds.hub)
+    _check_split(ds, split)
+    rel = ds.files[split]
+    raise DataError(
+        f"dataset '{name}' ({split}) is read from a local mirror and has no hub copy: set "
+        f"{ENV}=<path to a mirror> holding {rel}"
+    )
+
+
+def resolve_path(name: str, split: str = "train") -> Path:
+    """The mirror file (or folder) of `name`'s split; a clear error if the mirror or file is missing."""
+    ds = get(name)
+    if ds.name.startswith("storyworld/"):
+        raise DataError(f"'{name}' is generated, not read from files; use lmlab.data.loaders.load_records('{name}')")
+    _check_split(ds, split)
+    rel = ds.files[split]
+    root = data_dir()
+    if root is None:
+        raise DataError(f"dataset '{name}' ({split}) needs a local mirror: set {ENV}=<path to a mirror> holding {rel}")
+    path = root / rel
+    if not path.exists():
+        raise DataError(
+            f"dataset '{name}' ({split}): {path} not found; {ENV}={root} must point to a mirror holding {rel} "
+            f"(set {ENV}=<path to a mirror>)"
+        )
+    return path
+
+
+def where_now(name: str) -> str:
+    """Where each split of `name` resolves at this moment, for `lmlab data list`."""
+    ds = get(name)
+    if ds.name.startswith("storyworld/"):
+        return "built-in"
+    root = data_dir()
+    found = [s for s in ds.files if root is not None and (root / ds.files[s]).exists()]
+    if found:
+        return "mirror: " + ", ".join(f"{s}={ds.files[s]}" for s in found)
+    if root is not None:
+        return f"mirror missing ({ENV}={root})" + (f"; hub {ds.hub} if unset" if ds.hub else "")
+    return f"hub: {ds.hub}" if ds.hub else f"needs {ENV}"
