@@ -1,0 +1,77 @@
+"""Reward analysis statistics against hand computation on a 4-pair set with known rewards."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from lmlab.eval.reward_analysis import analyze, fk_grade, keywords, pairwise_accuracy, pearson, welch
+
+CHOSEN = [3.0, 2.0, 1.0, 0.5]
+REJECTED = [1.0, 2.0, 2.0, 0.0]
+# word counts: chosen 4, 3, 2, 1; rejected 1, 3, 5, 2
+CHOSEN_TEXTS = ["the brave dragon flew", "a happy cat", "tom ran", "yes"]
+REJECTED_TEXTS = ["no", "a sad dog", "the dog sat and slept", "go away"]
+
+
+def test_accuracy_counts_ties_half():
+    # 3>1 win, 2=2 tie, 1<2 loss, 0.5>0 win → (1 + 0.5 + 0 + 1) / 4
+    assert pairwise_accuracy(CHOSEN, REJECTED) == 0.625
+    assert pairwise_accuracy([1, 1], [1, 1]) == 0.5  # a constant scorer is at chance, not perfect
+    with pytest.raises(ValueError, match="equally many"):
+        pairwise_accuracy([1, 2], [1])
+
+
+def test_welch_matches_the_formula():
+    n = 4
+    vc, vr = 3.6875 / 3, 2.75 / 3  # sample variances worked by hand
+    t = (1.625 - 1.25) / math.sqrt(vc / n + vr / n)
+    df = (vc / n + vr / n) ** 2 / ((vc / n) ** 2 / (n - 1) + (vr / n) ** 2 / (n - 1))
+    t_stat, p = welch(CHOSEN, REJECTED)
+    assert t_stat == pytest.approx(t) and t_stat == pytest.approx(0.511996, abs=1e-5)
+    assert p == pytest.approx(2 * stats.t.sf(abs(t), df))
+
+
+def test_analyze_hand_computed():
+    m = analyze(CHOSEN, REJECTED, CHOSEN_TEXTS, REJECTED_TEXTS)
+    assert m["pairs"] == 4 and m["accuracy"] == 0.625
+    assert m["chosen_mean"] == 1.625 and m["rejected_mean"] == 1.25 and m["margin_mean"] == 0.375
+    assert m["chosen_std"] == pytest.approx(math.sqrt(3.6875 / 3))
+    assert m["rejected_std"] == pytest.approx(math.sqrt(2.75 / 3))
+    assert m["chosen_words"] == 2.5 and m["rejected_words"] == 2.75
+    # Pearson r over all 8 (reward, words) points
+    rewards = np.array(CHOSEN + REJECTED)
+    words = np.array([4, 3, 2, 1, 1, 3, 5, 2], float)
+    dx, dy = rewards - rewards.mean(), words - words.mean()
+    assert m["length_corr"] == pytest.approx((dx * dy).sum() / math.sqrt((dx**2).sum() * (dy**2).sum()))
+    # longer response rewarded higher: pair 1 (chosen longer, 3>1) yes; pair 2 equal length, skipped;
+    # pair 3 (rejected longer, 2>1) yes; pair 4 (rejected longer, 0<0.5) no → 2/3
+    assert m["longer_preferred"] == pytest.approx(2 / 3)
+    # top quartile of the 8 rewards: numpy's linear quantile of sorted [0,.5,1,1,2,2,2,3] at 0.75 → 2.0
+    assert m["favoured_cutoff"] == 2.0
+    assert {"t_stat", "p_value", "chosen_fk_grade", "rejected_fk_grade", "keywords"} <= set(m)
+
+
+def test_pearson_undefined_for_constant():
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+
+
+def test_flesch_kincaid_grade_worked_example():
+    # 9 words, 2 sentences, 10 syllables (happy has two): 0.39*4.5 + 11.8*10/9 - 15.59
+    assert fk_grade(["The cat sat on the mat. It was happy!"]) == pytest.approx(0.39 * 4.5 + 11.8 * 10 / 9 - 15.59)
+    # the mean over texts
+    a, b = fk_grade(["The cat sat."]), fk_grade(["It was happy!"])
+    assert fk_grade(["The cat sat.", "It was happy!"]) == pytest.approx((a + b) / 2)
+
+
+def test_tfidf_keywords_hand_computed():
+    # shared IDF over 2 docs (smooth): dragon, river ln(3/2)+1; castle 1. Each doc is L2-normalised.
+    idf = math.log(1.5) + 1
+    dragon = idf / math.sqrt(idf**2 + 1)
+    kws = keywords(["dragon castle"], ["castle river"], top_k=5)
+    assert [w for w, _ in kws] == ["dragon"]  # castle's difference is 0, river's negative
+    assert kws[0][1] == pytest.approx(dragon, abs=1e-5)
+    assert keywords([], ["x y"]) == []
