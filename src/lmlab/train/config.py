@@ -109,7 +109,14 @@ class SFTConfig(TrainConfig):
     train_on_prompt: bool = opt(False, "also train on prompt tokens (default: loss on responses only)")
     packing: bool = opt(False, "pack several examples per row, with no attention across examples")
     group_by_length: bool = opt(False, "batch examples of similar length together (less padding)")
+    data_fraction: float = opt(1.0, "train on this fraction of the training records (nested subsets: 0.25 ⊂ 0.5 ⊂ 1; for data-size ablations)")
     trust_remote_code: bool = opt(False, "allow model code from the hub (off: safer)")
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        if not 0 < self.data_fraction <= 1:
+            problems.append(f"data_fraction must be in (0, 1], got {self.data_fraction}")
+        return problems
 
 
 @dataclass
