@@ -52,6 +52,8 @@ COMMANDS: list[Command] = [
             "model A vs B: generate, judge (gold or RM), win rate, paired tests, samples side by side"),
     Command("report", "lmlab.report:ReportConfig", "lmlab.report:report", ("run_dir",),
             "Markdown + self-contained HTML report, plots, CSV/XLSX of a run folder"),
+    Command("ablate", "lmlab.train.ablation:AblationConfig", "lmlab.train.ablation:run", (),
+            "grid of SFT runs (grid.epochs=[1,2] grid.data_fraction=[0.5,1]): held-out PPL + a sample per cell"),
     # rows added by each module: keep one line per command, grouped by verb
 ]
 
