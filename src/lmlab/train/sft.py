@@ -1,0 +1,218 @@
+"""`lmlab train sft`: supervised fine-tuning on chats/instructions, loss on the replies only.
+
+    lmlab train sft model=runs/quickstart/pt data=storyworld/instruct tuning=lora lora.rank=8
+    lmlab train sft model=Qwen/Qwen2.5-0.5B-Instruct data=alpaca packing=true --resume
+
+Setup → train → samples, top to bottom:
+
+1. model + tokenizer: a run folder (its `final/`), a model folder, a hub id, or an architecture
+   name (`transformer:tiny`, with `tokenizer=`) for SFT from scratch; then `tuning`
+   (full / freeze / lora / qlora) decides what trains. Trainable/total parameters are printed.
+2. data: chat records rendered through the chat template with exact label masks
+   (`data/chat.py`); held-out set from `eval_data` (its validation split when it has one) or a
+   deterministic `val_fraction` split; `data_fraction` keeps a nested subset for ablations.
+   Truncation by `max_length` is counted (examples, response tokens lost) and reported.
+3. batches: padded (optionally length-grouped) or packed (`packing=true`: padding-free rows,
+   no attention across examples; `data/collate.py`).
+4. the shared `Trainer` with `lm_step`; final/ is the HF model (for LoRA: the adapter folder;
+   `lmlab export merge_lora=true` merges it).
+5. greedy samples for `samples` prompts, chat-rendered, into samples.jsonl; result.json holds the
+   final metrics, parameter counts and truncation stats.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.config import to_dict
+from lmlab.data.chat import EncodedExample, EncodeStats, encode_dataset, render_prompt
+from lmlab.data.collate import PackedBatches, PaddedBatches
+from lmlab.errors import ConfigError
+from lmlab.progress import log
+from lmlab.runs import RunDir, RunResult, atomic_write_text
+from lmlab.train.config import SFTConfig
+
+
+def default_out(cfg: SFTConfig) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(cfg.model.rstrip("/")).name or cfg.model).strip("-")
+    return f"runs/sft-{slug or 'model'}"
+
+
+# -- model -----------------------------------------------------------------------------------------
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    """A tokenizer folder, or a run folder that holds one (directly or in final/)."""
+    from transformers import AutoTokenizer
+
+    p = Path(path)
+    for cand in (p, p / "final"):
+        if (cand / "tokenizer_config.json").exists() or (cand / "tokenizer.json").exists():
+            return AutoTokenizer.from_pretrained(cand, trust_remote_code=trust_remote_code)
+    if p.exists():
+        raise ConfigError(f"tokenizer={path}: the folder holds no tokenizer (no tokenizer.json or tokenizer_config.json)")
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def load_for_sft(cfg: SFTConfig) -> tuple[Any, Any]:
+    """(model, tokenizer) with `cfg.tuning` applied."""
+    from lmlab.models import build_model, is_architecture
+    from lmlab.models.load import apply_tuning, load_model
+
+    if is_architecture(cfg.model):
+        if not cfg.tokenizer:
+            raise ConfigError(
+                f"model={cfg.model} is an architecture trained from scratch: give tokenizer=DIR "
+                "(e.g. the folder `lmlab tokenizer train` wrote), or start from a pretrained run folder"
+            )
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    else:
+        model, tokenizer = load_model(cfg.model, tuning=cfg.tuning, trust_remote_code=cfg.trust_remote_code)
+        if cfg.tokenizer:
+            tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = apply_tuning(model, cfg.tuning, cfg.lora, cfg.freeze)
+    return model, tokenizer
+
+
+# -- data ------------------------------------------------------------------------------------------
+def eval_split(spec: str) -> str:
+    """A registered dataset's held-out split ('validation' when it has one); files: their only split."""
+    from lmlab.data import registry
+
+    if registry.is_registered(spec):
+        splits = registry.splits(spec)
+        for name in ("validation", "test"):
+            if name in splits:
+                return name
+    return "train"
+
+
+def nested_subset(records: list[Any], fraction: float, seed: int) -> list[Any]:
+    """The first ⌈f·N⌉ records in a seeded hash order: f=0.25 ⊂ f=0.5 ⊂ f=1 (a fair data-size ablation)."""
+    if fraction >= 1.0:
+        return records
+    from lmlab.data.split import unit_hash
+
+    k = max(1, math.ceil(fraction * len(records)))
+    keep = set(sorted(range(len(records)), key=lambda i: (unit_hash(records[i], seed + 1), i))[:k])
+    return [r for i, r in enumerate(records) if i in keep]
+
+
+def load_chat_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[EncodedExample], list[EncodedExample], EncodeStats]:
+    """Rendered train and held-out examples plus the truncation stats of the training set."""
+    from lmlab.data.loaders import load_records
+    from lmlab.data.split import split_train_val
+
+    records = load_records(cfg.data, "chat", columns=cfg.columns or None, limit=cfg.limit)
+    if cfg.eval_data:
+        train = records
+        val = load_records(cfg.eval_data, "chat", columns=cfg.columns or None, split=eval_split(cfg.eval_data),
+                           limit=max(cfg.eval_batches, 1) * cfg.batch_size if cfg.eval_batches > 0 else None)
+    else:
+        train, val = split_train_val(records, cfg.val_fraction, seed=cfg.seed)
+    train = nested_subset(train, cfg.data_fraction, cfg.seed)
+    opts = {"template": cfg.template, "max_length": cfg.max_length, "train_on_prompt": cfg.train_on_prompt,
+            "system": cfg.system}
+    train_ex, stats = encode_dataset(tokenizer, train, source=cfg.data, **opts)
+    val_ex = encode_dataset(tokenizer, val, source=cfg.eval_data or cfg.data, **opts)[0] if val else []
+    return train_ex, val_ex, stats
+
+
+def make_sources(cfg: SFTConfig, train: list[EncodedExample], val: list[EncodedExample], pad_id: int) -> tuple[Any, Any]:
+    if cfg.packing:
+        src = PackedBatches(train, cfg.batch_size, pad_id, cfg.max_length, seed=cfg.seed)
+    else:
+        src = PaddedBatches(train, cfg.batch_size, pad_id, seed=cfg.seed, group_by_length=cfg.group_by_length)
+    # Evaluation is always padded and length-grouped: the same loss, whatever the training layout.
+    ev = PaddedBatches(val, cfg.batch_size, pad_id, seed=cfg.seed, group_by_length=True) if val else None
+    return src, ev
+
+
+# -- samples ---------------------------------------------------------------------------------------
+def write_samples(model: Any, tokenizer: Any, cfg: SFTConfig, run: RunDir, max_new_tokens: int = 128) -> list[dict[str, str]]:
+    """Greedy replies to `cfg.samples`, each prompt rendered as a user turn through the template."""
+    if not cfg.samples:
+        return []
+    from lmlab.generate import DecodingConfig, generate
+
+    prompts = [render_prompt(tokenizer, p, template=cfg.template, system=cfg.system) for p in cfg.samples]
+    was_training = model.training
+    model.eval()
+    try:
+        outs = generate(model, tokenizer, prompts, DecodingConfig(max_new_tokens=max_new_tokens, temperature=0.0))
+    finally:
+        model.train(was_training)
+    rows = [{"prompt": p, "response": o[0]} for p, o in zip(cfg.samples, outs, strict=True)]
+    atomic_write_text(run.file("samples.jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return rows
+
+
+# -- the stage -------------------------------------------------------------------------------------
+def run(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> RunResult:
+    """Fine-tune `cfg.model` on `cfg.data`; returns the run folder and its final metrics."""
+    from lmlab.models import count_parameters, human
+    from lmlab.train.steps import lm_step
+    from lmlab.train.trainer import Trainer
+
+    cfg = dataclasses.replace(cfg, out=cfg.out or default_out(cfg))
+    rundir = RunDir(cfg.out)
+    if rundir.is_done() and not force and not resume:
+        log(f"{rundir.path} is finished (result.json); pass --force to run it again")
+        return RunResult(rundir.path, rundir.result())
+    rundir.prepare(resume=resume, force=force)
+    rundir.save_config(to_dict(cfg))
+    torch.manual_seed(cfg.seed)
+
+    model, tokenizer = load_for_sft(cfg)
+    trainable, total = count_parameters(model)
+    log(f"sft {cfg.tuning}: {human(trainable)} trainable of {human(total)} parameters ({100 * trainable / max(total, 1):.2f}%)")
+
+    train, val, stats = load_chat_data(cfg, tokenizer)
+    log(f"data {cfg.data}: {len(train)} train / {len(val)} held-out examples, {stats.trained_tokens} response tokens "
+        f"of {stats.total_tokens} ({stats.path} masks)")
+    if stats.truncated_examples or stats.dropped_examples:
+        log(f"max_length={cfg.max_length} truncated {stats.truncated_examples} of {stats.examples} examples "
+            f"({stats.truncated_response_tokens} response tokens lost, {stats.dropped_examples} examples left with none)")
+    train_src, eval_src = make_sources(cfg, train, val, tokenizer.pad_token_id)
+
+    # Packed rows rely on transformers spotting position_ids resets, which it skips when a KV
+    # cache exists; no cache in training (it is restored before saving, so generation keeps it).
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    if config is not None and use_cache is not None:
+        config.use_cache = False
+    trainer = Trainer(model, lm_step, train_src, cfg, rundir, eval_source=eval_src, tokenizer=tokenizer)
+    try:
+        result = trainer.fit(resume=resume)
+    finally:
+        if config is not None and use_cache is not None:
+            config.use_cache = use_cache
+    final_config = rundir.final_dir / "config.json"
+    if use_cache and final_config.exists():  # final/ was saved mid-training: give it back its cache
+        saved = json.loads(final_config.read_text())
+        saved["use_cache"] = use_cache
+        atomic_write_text(final_config, json.dumps(saved, indent=2) + "\n")
+
+    samples = write_samples(trainer.raw, tokenizer, cfg, rundir)
+    result = {
+        **result,
+        "trainable_params": trainable,
+        "total_params": total,
+        "tuning": cfg.tuning,
+        "train_examples": len(train),
+        "val_examples": len(val),
+        "truncation": stats.as_dict(),
+        "batches_per_epoch": len(train_src),
+        "samples": samples,
+    }
+    rundir.finish(result)
+    return RunResult(rundir.path, result)
