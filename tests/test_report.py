@@ -36,9 +36,10 @@ def _stage(root, name, *, config, rows=(), result=None, eval_metrics=None, sampl
 @pytest.fixture
 def fake_run(tmp_path):
     root = tmp_path / "myrun"
-    pt_rows = [{"step": s, "loss": 5.0 - 0.1 * s, "lr": 1e-3} for s in range(1, 21)]
-    pt_rows[9]["val_loss"] = 4.5
-    pt_rows[19]["val_loss"] = 3.9
+    # pt: rows as the Trainer writes them (split-tagged); sft: an older layout with a val_loss key
+    pt_rows = [{"step": s, "split": "train", "loss": 5.0 - 0.1 * s, "lr": 1e-3} for s in range(1, 21)]
+    pt_rows.insert(10, {"step": 10, "split": "val", "loss": 4.5, "ppl": 90.0})
+    pt_rows.append({"step": 20, "split": "val", "loss": 3.9, "ppl": 49.4})
     sft_rows = [{"step": s, "loss": 2.0 - 0.05 * s} for s in range(1, 11)] + [{"step": 10, "val_loss": 1.7}]
     _stage(root, "pt", config={"model": "transformer:tiny", "data": "storyworld/pretrain", "lr": 1e-3, "max_steps": 20,
                                "lora": {"rank": 8}, "tuning": None},
@@ -100,14 +101,16 @@ def test_csv_and_xlsx_hold_every_number(fake_run):
     report(ReportConfig(run_dir=str(fake_run)))
     with open(fake_run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    # pt: 20 rows × (loss, lr) + 2 val_loss; sft: 10 loss + 1 val; results 2+2; eval 4 numbers
-    assert len(rows) == 20 * 2 + 2 + 10 + 1 + 2 + 2 + 4
+    # pt: 20 train rows × (loss, lr) + 2 val rows × (loss, ppl); sft: 10 loss + 1 val_loss; results 2+2; eval 4
+    assert len(rows) == 20 * 2 + 2 * 2 + 10 + 1 + 2 + 2 + 4
     assert {"stage": "ppl", "source": "eval", "step": "", "metric": "models.sft.ppl", "value": "17.25"} in rows
-    assert {"stage": "pt", "source": "train", "step": "20", "metric": "val_loss", "value": "3.9"} in rows
+    assert {"stage": "pt", "source": "val", "step": "20", "metric": "loss", "value": "3.9"} in rows
+    assert {"stage": "sft", "source": "train", "step": "10", "metric": "val_loss", "value": "1.7"} in rows
     book = load_workbook(fake_run / "metrics.xlsx")
     assert book.sheetnames == ["summary", "pt", "sft"]
-    assert book["pt"].max_row == 21  # header + 20 steps
-    assert [c.value for c in book["pt"][1]] == ["step", "loss", "lr", "val_loss"]
+    assert book["pt"].max_row == 23  # header + 20 train + 2 val rows
+    assert [c.value for c in book["pt"][1]] == ["split", "step", "loss", "lr", "ppl"]
+    assert [c.value for c in book["pt"][12]] == ["val", 10, 4.5, None, 90.0]
     summary = [tuple(c.value for c in r) for r in book["summary"].iter_rows(min_row=2)]
     assert ("ppl", "eval", "models.pt.ppl", 41.5) in summary and len(summary) == 8
 

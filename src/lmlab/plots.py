@@ -47,19 +47,38 @@ def _series(rows: Sequence[Mapping], key: str) -> tuple[list[float], list[float]
     return xs, ys
 
 
+def split_rows(rows: Sequence[Mapping]) -> tuple[list[Mapping], list[Mapping]]:
+    """(train rows, val rows) of metrics.jsonl: the trainer tags each row `split: train|val`."""
+    train = [r for r in rows if r.get("split", "train") != "val"]
+    val = [r for r in rows if r.get("split") == "val"]
+    return train, val
+
+
 def val_key(rows: Sequence[Mapping]) -> str | None:
-    """The held-out loss key these metric rows use, if any."""
+    """The held-out loss key of untagged rows (`val_loss`, `eval_loss` ...), if any."""
     for key in VAL_LOSS_KEYS:
         if any(key in r for r in rows):
             return key
     return None
 
 
+def loss_series(rows: Sequence[Mapping]) -> tuple[tuple[list[float], list[float]], tuple[list[float], list[float]]]:
+    """((train steps, losses), (val steps, losses)) from metrics rows, tagged or with a val_loss key."""
+    train, val = split_rows(rows)
+    vx, vy = _series(val, "loss")
+    key = val_key(train)
+    if key:
+        kx, ky = _series(train, key)
+        vx, vy = vx + kx, vy + ky
+    order = sorted(range(len(vx)), key=lambda i: vx[i])
+    return _series(train, "loss"), ([vx[i] for i in order], [vy[i] for i in order])
+
+
 def loss_curves(runs: Mapping[str, Sequence[Mapping]], out: str | Path, *, title: str = "Loss",
                 log_y: bool = False) -> Path:
     """Train (solid) and validation (dashed, markers) loss against optimizer step, one colour per run.
 
-    `runs` maps a label (a stage name) to its metrics.jsonl rows (`{"step", "loss", "val_loss"?}`).
+    `runs` maps a label (a stage name) to its metrics.jsonl rows (`{"step", "split", "loss"}`).
     Different stages have different loss scales (LM cross-entropy vs Bradley–Terry), so a
     combined figure is still useful for shape, but each stage also gets its own figure.
     """
@@ -68,16 +87,13 @@ def loss_curves(runs: Mapping[str, Sequence[Mapping]], out: str | Path, *, title
     drawn = 0
     for i, (label, rows) in enumerate(runs.items()):
         colour = colours[i % len(colours)]
-        xs, ys = _series(rows, "loss")
+        (xs, ys), (vx, vy) = loss_series(rows)
         if xs:
             ax.plot(xs, ys, color=colour, label=f"{label} train")
             drawn += 1
-        key = val_key(rows)
-        if key:
-            vx, vy = _series(rows, key)
-            if vx:
-                ax.plot(vx, vy, color=colour, linestyle="--", marker="o", markersize=3, label=f"{label} val")
-                drawn += 1
+        if vx:
+            ax.plot(vx, vy, color=colour, linestyle="--", marker="o", markersize=3, label=f"{label} val")
+            drawn += 1
     if not drawn:
         ax.text(0.5, 0.5, "no loss values logged", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title)

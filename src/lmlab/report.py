@@ -9,7 +9,7 @@ later, on another machine, and training code never calls into here. It writes, i
 
     report.md, report.html   (the HTML inlines every image as base64: one file to mail or upload)
     plots/                   loss curves per stage, all stages together, final-metric bars
-    metrics.csv              every number in long form: stage, source, step, metric, value
+    metrics.csv              every number in long form: stage, source (train/val/result/eval), step, metric, value
     metrics.xlsx             a summary sheet plus one sheet of training rows per stage
 """
 from __future__ import annotations
@@ -177,9 +177,10 @@ def final_metrics(stage: Stage) -> dict[str, Any]:
     """result.json, plus the last logged value of each training metric it does not already hold."""
     out: dict[str, Any] = {}
     for row in stage.rows:
+        split = row.get("split", "train")
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"last {key}"] = value
+                out[f"last {split} {key}"] = value
     if stage.rows:
         out["last step"] = stage.rows[-1].get("step")
     out.update(flatten(stage.result))
@@ -285,7 +286,7 @@ def _eval_table(stage: Stage, plots: Path) -> tuple[list[Block], Path | None]:
 
 def build_report(stages: list[Stage], root: Path, title: str, n_samples: int = MAX_SAMPLES) -> list[Block]:
     """The report as blocks; writes the plots it references under root/plots/."""
-    from lmlab.plots import bars, loss_curves, val_key
+    from lmlab.plots import bars, loss_curves, loss_series
 
     plots = root / "plots"
     blocks = [Block("h1", title), Block("p", f"Run folder: {root}. Stages: {', '.join(s.name for s in stages)}.")]
@@ -293,9 +294,7 @@ def build_report(stages: list[Stage], root: Path, title: str, n_samples: int = M
     overview = [["stage", "steps", "final train loss", "final val loss", "key result"]]
     finals: dict[str, dict[str, float]] = {}
     for s in stages:
-        losses = [r["loss"] for r in s.rows if isinstance(r.get("loss"), (int, float))]
-        vkey = val_key(s.rows)
-        vals = [r[vkey] for r in s.rows if vkey and isinstance(r.get(vkey), (int, float))]
+        (_, losses), (_, vals) = loss_series(s.rows)
         steps = max((r.get("step", 0) for r in s.rows), default="")
         headline = next(iter(numeric(s.eval).items()), None) or next(
             ((k, v) for k, v in numeric(s.result).items() if "loss" not in k), None)
@@ -342,13 +341,14 @@ def build_report(stages: list[Stage], root: Path, title: str, n_samples: int = M
 # -- exports -----------------------------------------------------------------------------------
 
 def metric_rows(stages: list[Stage]) -> list[dict[str, Any]]:
-    """Every number as (stage, source, step, metric, value): train rows, final result, eval."""
+    """Every number as (stage, source, step, metric, value); source is train, val, result or eval."""
     rows: list[dict[str, Any]] = []
     for s in stages:
         for r in s.rows:
             for key, value in numeric(r).items():
                 if key != "step":
-                    rows.append({"stage": s.name, "source": "train", "step": r.get("step", ""), "metric": key, "value": value})
+                    rows.append({"stage": s.name, "source": r.get("split", "train"), "step": r.get("step", ""),
+                                 "metric": key, "value": value})
         for source, data in (("result", s.result), ("eval", s.eval)):
             for key, value in numeric(data).items():
                 rows.append({"stage": s.name, "source": source, "step": "", "metric": key, "value": value})
@@ -372,7 +372,7 @@ def write_xlsx(stages: list[Stage], rows: list[dict[str, Any]], path: Path) -> P
     summary.title = "summary"
     summary.append(["stage", "source", "metric", "value"])
     for r in rows:
-        if r["source"] != "train":
+        if r["source"] not in ("train", "val"):
             summary.append([r["stage"], r["source"], r["metric"], r["value"]])
     used = {"summary"}
     for s in stages:
@@ -384,10 +384,10 @@ def write_xlsx(stages: list[Stage], rows: list[dict[str, Any]], path: Path) -> P
         used.add(name)
         sheet = book.create_sheet(name)
         cols = list(dict.fromkeys(k for r in s.rows for k in numeric(r)))
-        sheet.append(cols)
+        sheet.append(["split", *cols])
         for r in s.rows:
             flat = numeric(r)
-            sheet.append([flat.get(c) for c in cols])
+            sheet.append([r.get("split", "train"), *(flat.get(c) for c in cols)])
     buf = io.BytesIO()
     book.save(buf)
     return atomic_write_bytes(path, buf.getvalue())
