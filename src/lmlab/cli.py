@@ -54,6 +54,12 @@ COMMANDS: list[Command] = [
             "Markdown + self-contained HTML report, plots, CSV/XLSX of a run folder"),
     Command("ablate", "lmlab.train.ablation:AblationConfig", "lmlab.train.ablation:run", (),
             "grid of SFT runs (grid.epochs=[1,2] grid.data_fraction=[0.5,1]): held-out PPL + a sample per cell"),
+    Command("eval ppl", "lmlab.eval.perplexity:PerplexityConfig", "lmlab.eval.perplexity:run", (),
+            "perplexity and bits per byte, per text or per set, one column per model (sliding windows)"),
+    Command("eval gen", "lmlab.eval.text_metrics:GenMetricsConfig", "lmlab.eval.text_metrics:run", (),
+            "BLEU, ROUGE-1/2/L, distinct-n, repetition, exact match of hypotheses (files or generated)"),
+    Command("eval bench", "lmlab.eval.benchmarks:BenchConfig", "lmlab.eval.benchmarks:run", (),
+            "MMLU, OpenBookQA, ARC, HellaSwag, BoolQ, WinoGrande (log-likelihood), GSM8K (exact match)"),
     # rows added by each module: keep one line per command, grouped by verb
 ]
 
