@@ -60,6 +60,16 @@ COMMANDS: list[Command] = [
             "BLEU, ROUGE-1/2/L, distinct-n, repetition, exact match of hypotheses (files or generated)"),
     Command("eval bench", "lmlab.eval.benchmarks:BenchConfig", "lmlab.eval.benchmarks:run", (),
             "MMLU, OpenBookQA, ARC, HellaSwag, BoolQ, WinoGrande (log-likelihood), GSM8K (exact match)"),
+    Command("eval persona", "lmlab.eval.persona:PersonaEvalConfig", "lmlab.eval.persona:run", (),
+            "how often replies stay in character: keyword hit rate per persona"),
+    Command("chat", "lmlab.chat.terminal:ChatConfig", "lmlab.chat.terminal:run_chat", ("model",),
+            "streaming chat in the terminal (personas, RAG, /commands); reads piped input too"),
+    Command("serve", "lmlab.chat.server:ServeConfig", "lmlab.chat.server:serve", ("model",),
+            "OpenAI-compatible HTTP server with dynamic batching"),
+    Command("web", "lmlab.chat.web:WebConfig", "lmlab.chat.web:launch", ("model",),
+            "Gradio chat page in the browser"),
+    Command("index", "lmlab.chat.rag:IndexConfig", "lmlab.chat.rag:build_index", ("docs*",),
+            "chunk and embed documents into a retrieval index for rag=INDEX"),
     # rows added by each module: keep one line per command, grouped by verb
 ]
 
