@@ -44,6 +44,7 @@ _ATTENTION_ALIASES = {
     "num_heads": ("num_attention_heads",),
     "heads": ("num_attention_heads",),
     "ffn_size": ("intermediate_size",),
+    "dropout": ("attention_dropout",),  # Llama has no residual dropout
 }
 _SEQ2SEQ_ALIASES = {
     "hidden_size": ("d_model",),
@@ -153,7 +154,7 @@ def build_config(
         values["decoder_start_token_id"] = bos_token_id if bos_token_id is not None else eos_token_id
     try:
         return arch.config_class(vocab_size=vocab_size, **values)
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # the config's own validation (huggingface_hub strict dataclasses)
         raise ConfigError(f"model '{spec}' with {overrides or {}}: {exc}") from None
 
 

@@ -33,7 +33,7 @@ class LSTMConfig(PreTrainedConfig):
     num_hidden_layers: int = 2
     dropout: float = 0.1
     tie_word_embeddings: bool = True
-    initializer_range: float = 0.02
+    initializer_range: float = 0.3  # embedding init std; see RNNConfig
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None

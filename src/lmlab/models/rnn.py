@@ -56,7 +56,10 @@ class RNNConfig(PreTrainedConfig):
     num_hidden_layers: int = 2
     dropout: float = 0.1
     tie_word_embeddings: bool = True
-    initializer_range: float = 0.02
+    # std of the (tied) embedding init; larger than a transformer's 0.02 because the tanh/sigmoid
+    # cells squash their input: with 0.02 a 32-wide LSTM needs ~4x the steps to leave the unigram
+    # plateau (tests/test_models.py::test_a_repeated_sequence_is_learned)
+    initializer_range: float = 0.3
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int | None = None
@@ -70,6 +73,9 @@ class ElmanLayer(nn.Module):
         super().__init__()
         self.input = nn.Linear(size, size)
         self.recurrent = nn.Linear(size, size, bias=False)
+        # read by RecurrentLMBase._init_weights (HF initialises children before parents)
+        self.input.lmlab_init = "uniform"
+        self.recurrent.lmlab_init = "orthogonal"
 
     def forward(
         self, x: torch.Tensor, state: torch.Tensor, mask: torch.Tensor | None
@@ -123,13 +129,15 @@ class RecurrentLMBase(PreTrainedModel, GenerationMixin):
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         bound = 1.0 / math.sqrt(self.config.hidden_size)
+        kind = getattr(module, "lmlab_init", None)
         if isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, ElmanLayer):
+        elif kind == "orthogonal":
             # Orthogonal recurrence keeps the state's norm over time at init (Saxe et al. 2014).
-            init.uniform_(module.input.weight, -bound, bound)
-            init.zeros_(module.input.bias)
-            init.orthogonal_(module.recurrent.weight)
+            init.orthogonal_(module.weight)
+        elif kind == "uniform":
+            init.uniform_(module.weight, -bound, bound)
+            init.zeros_(module.bias)
         elif isinstance(module, (nn.LSTM, nn.GRU)):
             for _, param in module.named_parameters():
                 init.uniform_(param, -bound, bound)  # PyTorch's / cuDNN's usual recurrent init
