@@ -1,0 +1,173 @@
+"""Named datasets: resolution against a fake mirror, the real mirror (if present), storyworld splits."""
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from lmlab.data import registry
+from lmlab.data.formats import ChatRecord, FeedbackRecord, LabelledRecord, PreferenceRecord
+from lmlab.data.loaders import load_records, load_rows, load_texts
+from lmlab.errors import DataError
+
+REAL_MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def fake_mirror(tmp_path, monkeypatch):
+    """A mirror with the real layout but a few tiny files."""
+    root = tmp_path / "mirror"
+    (root / "tinystories").mkdir(parents=True)
+    (root / "tinystories" / "TinyStories-train.head.txt").write_text("Tom ran.\nHe fell.\n\nMia sang.\n")
+    (root / "imdb").mkdir()
+    (root / "imdb" / "imdb_reviews.csv").write_text('review,sentiment\n"Great, fun film",positive\nDull,negative\n')
+    (root / "chinese-poetry").mkdir()
+    with gzip.open(root / "chinese-poetry" / "quan_tang_shi.poet.tang.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.write(json.dumps({"author": "李白", "title": "靜夜思", "paragraphs": ["床前明月光，", "疑是地上霜。"]}, ensure_ascii=False) + "\n")
+    (root / "preference").mkdir()
+    pair = {"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "gpt", "value": "good"},
+            "rejected": {"from": "gpt", "value": "bad"}}
+    (root / "preference" / "dpo_en_demo.json").write_text(json.dumps([pair]))
+    monkeypatch.setenv(registry.ENV, str(root))
+    return root
+
+
+def test_fake_mirror_resolution(fake_mirror):
+    src = registry.resolve("tinystories", "train")
+    assert src.kind == "mirror" and src.path == fake_mirror / "tinystories/TinyStories-train.head.txt"
+    assert load_texts("tinystories") == ["Tom ran.\nHe fell.", "Mia sang."]
+    assert load_records("imdb", "labelled") == [LabelledRecord("Great, fun film", "positive"), LabelledRecord("Dull", "negative")]
+    assert load_texts("chinese-poetry") == ["靜夜思\n床前明月光，\n疑是地上霜。"]
+    # hh-rlhf's mirror substitute is the dpo-en file
+    assert load_records("hh-rlhf", "preference")[0].chosen == "good"
+    assert registry.where_now("tinystories").startswith("mirror: train=")
+
+
+def test_mirror_missing_file_says_which_and_how(fake_mirror):
+    with pytest.raises(DataError) as err:
+        load_texts("tinystories", split="validation")
+    msg = str(err.value)
+    assert "tinystories/TinyStoriesV2-GPT4-valid.part1.txt" in msg and "LMLAB_DATA_DIR=<path to a mirror>" in msg
+
+
+def test_unknown_split_lists_splits(fake_mirror):
+    with pytest.raises(DataError, match=r"dataset 'ptb' has no split 'train' .*splits: validation, test"):
+        registry.resolve_path("ptb", "train")
+    with pytest.raises(DataError, match=r"no split 'valid'; did you mean 'validation'"):
+        registry.resolve_path("ptb", "valid")
+
+
+def test_no_mirror_falls_back_to_hub_or_explains(monkeypatch):
+    monkeypatch.delenv(registry.ENV, raising=False)
+    assert registry.resolve("hh-rlhf").hub == "Anthropic/hh-rlhf"
+    assert registry.resolve("imdb").kind == "hub"
+    with pytest.raises(DataError, match=r"set LMLAB_DATA_DIR=<path to a mirror> holding chinese-poetry/"):
+        registry.resolve("chinese-poetry")
+    with pytest.raises(DataError, match=r"needs a local mirror: set LMLAB_DATA_DIR"):
+        registry.resolve_path("mmlu", "test")
+
+
+def test_unknown_name_closest():
+    with pytest.raises(DataError, match="unknown dataset 'alpaka'; did you mean 'alpaca'"):
+        registry.get("alpaka")
+
+
+def test_eval_sets_resolve_to_paths(fake_mirror):
+    (fake_mirror / "eval" / "gsm8k").mkdir(parents=True)
+    (fake_mirror / "eval" / "gsm8k" / "test.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    assert registry.resolve_path("gsm8k", "test") == fake_mirror / "eval/gsm8k/test.jsonl"
+    assert load_rows("gsm8k", split="test")[0][1]["answer"] == "#### 2"
+
+
+# -- storyworld, with a fake generator so the split logic is tested on its own ----------------------------
+def fake_make_dataset(task, n, seed):
+    if task == "pretrain":
+        return [{"text": f"story {seed + i}"} for i in range(n)]
+    if task == "prefs":
+        return [{"prompt": f"p{seed + i}", "chosen": "c", "rejected": "r"} for i in range(n)]
+    if task == "kto":
+        return [{"prompt": f"p{seed + i}", "completion": "c", "label": i % 2 == 0} for i in range(n)]
+    if task == "instruct":
+        return [{"messages": [{"role": "user", "content": f"u{seed + i}"}, {"role": "assistant", "content": "a"}]}
+                for i in range(n)]
+    return [{"prompt": f"p{seed + i}", "completion": "c"} for i in range(n)]
+
+
+@pytest.fixture
+def fake_storyworld(monkeypatch):
+    from lmlab.data import storyworld
+
+    calls = []
+
+    def make(task, n, seed):
+        calls.append((task, n, seed))
+        return fake_make_dataset(task, n, seed)
+
+    monkeypatch.setattr(storyworld, "make_dataset", make, raising=False)
+    return calls
+
+
+def test_storyworld_sizes_seeds_and_kinds(fake_storyworld):
+    train = load_texts("storyworld/pretrain", limit=5)
+    assert fake_storyworld[-1] == ("pretrain", 5, 0)  # limit bounds generation
+    val = load_texts("storyworld/pretrain", split="validation", limit=5)
+    assert fake_storyworld[-1] == ("pretrain", 5, registry.SPLIT_SEED_OFFSET["validation"])
+    assert not set(train) & set(val)
+    load_records("storyworld/instruct", "chat", split="test")
+    assert fake_storyworld[-1] == ("instruct", 400, registry.SPLIT_SEED_OFFSET["test"])  # a tenth of 4000
+    load_records("storyworld/prefs", "preference", n=7, seed=3)
+    assert fake_storyworld[-1] == ("prefs", 7, 3)
+    assert isinstance(load_records("storyworld/kto", "feedback", limit=2)[0], FeedbackRecord)
+    assert isinstance(load_records("storyworld/qa", "chat", limit=2)[0], ChatRecord)
+    assert isinstance(load_records("storyworld/prefs", "preference", limit=2)[0], PreferenceRecord)
+    assert {registry.get(f"storyworld/{t}").kind for t in registry.STORYWORLD_SIZES} <= {"text", "chat", "preference", "feedback"}
+
+
+def test_storyworld_offsets_are_far_apart():
+    offsets = sorted(registry.SPLIT_SEED_OFFSET.values())
+    assert all(b - a > 1_000_000 for a, b in itertools.pairwise(offsets))
+
+
+def _has_real_storyworld() -> bool:
+    try:
+        from lmlab.data.storyworld import make_dataset  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_real_storyworld(), reason="storyworld generator not written yet")
+def test_real_storyworld_splits_are_disjoint():
+    train = load_texts("storyworld/pretrain", limit=300)
+    val = load_texts("storyworld/pretrain", split="validation", limit=300)
+    assert len(set(train)) > 250 and not set(train) & set(val)
+
+
+# -- the real mirror -----------------------------------------------------------------------------------------
+real = pytest.mark.skipif(not (REAL_MIRROR / "MANIFEST.md").exists(), reason="shared/data mirror not present")
+
+
+@real
+def test_every_registered_file_exists_in_the_real_mirror(monkeypatch):
+    monkeypatch.setenv(registry.ENV, str(REAL_MIRROR))
+    for name, ds in registry.DATASETS.items():
+        for split in ds.files:
+            assert registry.resolve_path(name, split).exists(), (name, split)
+
+
+@real
+def test_real_mirror_loads_with_expected_counts(monkeypatch):
+    monkeypatch.setenv(registry.ENV, str(REAL_MIRROR))
+    assert len(load_records("alpaca", "chat")) == 999  # MANIFEST: 999 rows
+    assert len(load_records("dpo-en", "preference")) == 300
+    kto = load_records("kto-en", "feedback")
+    assert len(kto) == 300 and {r.label for r in kto} == {True, False}
+    imdb = load_records("imdb", "labelled")
+    assert len(imdb) == 2500 and sum(r.label == "positive" for r in imdb) == 1250
+    assert len(load_texts("ptb", split="validation")) == 3370  # one sentence a line
+    assert len(load_rows("mmlu", split="test")) == 14042
+    poems = load_texts("chinese-poetry", limit=3)
+    assert poems[0].startswith("帝京篇十首 一\n秦川雄帝宅")
