@@ -1,0 +1,256 @@
+"""Story arcs: the beats of each plot, with several phrasings per beat and both endings.
+
+A template is one sentence. `[a|b|c]` picks one synonym; `{slot}` is filled from the story's cast
+and setting (`{Name}`, `{he}`/`{He}`, `{his}`, `{him}`, `{himself}`, `{kind}`, `{desc}`, `{place}`,
+`{at}`, `{obj}`, `{color}`, `{weather}`, `{hands}`, the friend's `{Friend}`, `{fkind}`, `{fdesc}`,
+`{fhe}`/`{FHe}`, `{fhim}`, `{fhis}`, the grown-up's `{helper}`, `{hhe}`/`{Hhe}`, `{hhim}`, and
+scenery `{activity}`, `{snack}`, `{spot}`, `{sight}`, `{sound}`, `{mood}`).
+
+Rules that keep stories coherent and the gold judge exact: one sentence per template; quotes hold
+one sentence and are followed by a lowercase verb (`"Hi," said {Name}.`); the first beat names
+the main character and the coloured object; the last sentence of a happy ending has a word of
+`vocab.HAPPY_WORDS` and none of `vocab.SAD_WORDS`, and the other way round for a sad ending.
+A beat whose first alternative is "?" is optional (kept half of the time).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Arc:
+    name: str
+    cast: str                                  # "" | "friend" | "helper": who else is in it
+    beats: tuple[tuple[str, ...], ...]         # each beat: alternative phrasings
+    happy: tuple[tuple[str, ...], ...]         # each alternative: 1-2 sentences
+    sad: tuple[tuple[str, ...], ...]
+    summary: tuple[str, str]                   # (happy, sad): one sentence, past tense
+    titles: tuple[str, ...]
+    weather: str | None = None                 # an arc that needs a weather forces it
+
+
+OPENINGS: tuple[tuple[str, ...], ...] = (
+    ("One {weather} [morning|day|afternoon], a {desc} {kind} named {Name} [went|walked|set off] to the {place}.",),
+    ("Once upon a time, there was a {desc} {kind} [named|called] {Name}.",
+     "One {weather} day, {he} [went|walked|set off] to the {place}."),
+    ("It was a {weather} day {at} the {place}.",
+     "{Name}, a {desc} {kind}, [was there early|had just arrived|was feeling {mood}]."),
+    ("{Name} was a {desc} {kind} who [loved|liked] the {place}.",
+     "It was a {weather} [morning|day], so {he} [went|hurried] there [early|after breakfast]."),
+    ("On a {weather} [morning|afternoon], {Name} the {kind} [went|walked] to the {place}.",),
+    ("There once was a {desc} {kind} named {Name}.",
+     "{He} [liked|loved] to visit the {place} on {weather} days."),
+)
+
+ARCS: tuple[Arc, ...] = (
+    Arc("lost_found", "", (
+        ("{Name} had a {color} {obj} that {he} loved [very much|more than anything].",
+         "{Name} [brought|carried] {his} {color} {obj} [everywhere|with {him}]."),
+        ("?", "{He} [played|ran around] with it and {activity}.", "[First|For a while], {he} {activity}."),
+        ("[Then|But then|Suddenly], the {obj} was nowhere to be seen.",
+         "When {he} looked again, {his} {obj} was [missing|not there]."),
+        ("{Name} looked [everywhere|high and low|all around the {place}].",
+         "\"Where is my {obj}?\" [asked|wondered] {Name}."),
+    ), happy=(
+        ("At last, {he} found the {obj} {spot}.", "{He} hugged it and smiled."),
+        ("[Soon|After a while], {he} spotted something {color} {spot}.", "It was {his} {obj}, and {Name} was so happy!"),
+        ("{Name} found {his} {obj} {spot} and laughed with joy.",),
+    ), sad=(
+        ("{Name} looked until it was dark, but the {obj} was [still missing|not found].", "{He} walked home feeling sad."),
+        ("{He} never found {his} {color} {obj}, and {he} cried all the way home.",),
+        ("The {obj} was lost for good.", "{Name} sat down and cried [big tears|quietly]."),
+    ), summary=("{Name} lost {his} {color} {obj} {at} the {place} and found it again.",
+                "{Name} lost {his} {color} {obj} {at} the {place} and never found it."),
+       titles=("The Lost {Obj}", "{Name} and the {Color} {Obj}", "Where Is the {Obj}?")),
+
+    Arc("sharing", "friend", (
+        ("{Name} [had|brought] a {color} {obj} to the {place}.", "{Name} was playing with a {color} {obj}."),
+        ("{Friend}, a {fdesc} {fkind}, [came over|walked up] and [looked at|watched] the {obj}.",),
+        ("\"Can I play with it too?\" asked {Friend}.", "\"May I have a turn?\" {Friend} asked [softly|politely]."),
+        ("?", "{Name} held the {obj} [tight|close] and thought for a moment.", "{Name} did not know what to say."),
+    ), happy=(
+        ("{Name} said, \"Yes, let's play together.\"", "They took turns all day and laughed a lot."),
+        ("{Name} gave {Friend} the {obj} with a smile.",),
+        ("\"We can share it,\" said {Name}.", "The two friends had so much fun together."),
+    ), sad=(
+        ("\"No, it is mine,\" said {Name}.", "{Friend} walked away, and {Name} felt sad and lonely."),
+        ("{Name} would not share the {obj}.", "{Friend} went home, and {Name} played alone and felt sad."),
+    ), summary=("{Name} shared {his} {color} {obj} with {Friend} {at} the {place}.",
+                "{Name} would not share {his} {color} {obj} with {Friend} and ended up alone."),
+       titles=("Sharing Is Caring", "{Name} and {Friend}", "The {Color} {Obj}")),
+
+    Arc("fear", "", (
+        ("{Name} held {his} {color} {obj} close, because {he} was [afraid|scared] of the [dark corners|big shadows|loud noises] there.",),
+        ("?", "{His} {obj} felt safe in {his} {hands}.", "Even the {obj} did not make {him} feel brave."),
+        ("[Then|Just then], {he} heard {sound}.",),
+        ("\"I can be brave,\" {he} [said|whispered] to {himself}.", "{Name} took a deep breath and counted to ten."),
+    ), happy=(
+        ("{He} stepped forward and looked.", "It was only the wind, and {Name} laughed at {himself}."),
+        ("{Name} was brave and found that it was only a squeaky gate.", "{He} smiled, proud of {himself}."),
+        ("It was just a friendly neighbor saying hello.", "{Name} felt proud and happy."),
+    ), sad=(
+        ("But the noise came again, and it was too scary.", "{Name} ran home crying."),
+        ("{Name} dropped {his} {obj} and ran away in tears.",),
+    ), summary=("{Name} was afraid {at} the {place} but found the courage to look.",
+                "{Name} was afraid {at} the {place} and ran home crying."),
+       titles=("{Name} Is Brave", "The Noise {At} the {Place}", "A Brave Little {Kind}")),
+
+    Arc("trip", "helper", (
+        ("{Name} and {his} {helper} packed {snack} and a {color} {obj} for the trip.",),
+        ("On the way, they [sang songs|told jokes|watched the clouds go by].", "The road was long, and {Name} [asked many questions|looked out of the window]."),
+        ("?", "At the {place}, they saw {sight}.", "When they arrived, {Name} pointed at {sight}."),
+    ), happy=(
+        ("They ate {snack} and played with the {obj} until the sun went down.", "It was the best trip ever, and {Name} smiled all the way home."),
+        ("{Name} hugged {his} {helper} and said it was a wonderful day.",),
+    ), sad=(
+        ("Then it began to pour, and they had to go home early.", "{Name} was sad that the trip was over so soon."),
+        ("{Name} left the {obj} behind by mistake.", "On the way home, {he} missed it and felt upset."),
+    ), summary=("{Name} went on a trip to the {place} with {his} {helper} and had a wonderful time.",
+                "{Name} went on a trip to the {place} with {his} {helper}, but it ended badly."),
+       titles=("A Trip to the {Place}", "{Name}'s Big Day Out", "The Long Road")),
+
+    Arc("quarrel", "friend", (
+        ("{Name} and {his} friend {Friend} were playing with a {color} {obj}.",),
+        ("[Soon|Then] they both wanted the {obj} at the same time.",),
+        ("\"It is my turn!\" shouted {Name}.", "{Name} pulled the {obj} and said, \"Give it to me!\""),
+        ("?", "{Friend} pulled back and shouted, \"No, it is mine!\"", "{Friend} stamped {fhis} feet and would not let go."),
+    ), happy=(
+        ("After a while, they both said sorry.", "They took turns with the {obj} and were happy friends again."),
+        ("{Name} let go and said, \"You can go first.\"", "{Friend} smiled, and they hugged."),
+    ), sad=(
+        ("They did not talk for the rest of the day.", "{Name} sat alone and felt sad."),
+        ("{Friend} ran home, and {Name} was left all alone with the {obj}.", "{He} felt lonely and upset."),
+    ), summary=("{Name} and {Friend} fought over a {color} {obj} but made up.",
+                "{Name} and {Friend} fought over a {color} {obj} and stayed apart."),
+       titles=("The Big Fight", "{Name} and {Friend} Make Up", "Whose {Obj} Is It?")),
+
+    Arc("lesson", "helper", (
+        ("{Name} liked to throw {his} {color} {obj} high into the air.",),
+        ("{His} {helper} said, \"Be careful, or it might get lost.\"",),
+        ("{Name} did not listen and threw it [higher and higher|even higher].",),
+        ("?", "The {obj} flew over {his} head and came down {spot}.", "A gust of wind caught the {obj}."),
+    ), happy=(
+        ("{His} {helper} helped {him} get it back.", "{Name} learned to listen, and {he} smiled."),
+        ("The {obj} landed safely, and {Name} said, \"I will be careful now.\"", "{His} {helper} gave {him} a big hug."),
+    ), sad=(
+        ("The {obj} fell into deep water and floated away.", "{Name} cried and wished {he} had listened."),
+        ("The {obj} landed hard and was broken.", "{Name} was very sad and sorry {he} had not listened."),
+    ), summary=("{Name} learned to listen to {his} {helper} after nearly losing {his} {color} {obj}.",
+                "{Name} did not listen to {his} {helper} and lost {his} {color} {obj}."),
+       titles=("{Name} Learns to Listen", "Be Careful, {Name}", "The Flying {Obj}")),
+
+    Arc("surprise", "friend", (
+        ("{Friend}, a {fdesc} {fkind}, had a surprise for {Name}: a {color} {obj}.",),
+        ("{FHe} hid the {obj} behind {fhis} back.", "{FHe} kept it a secret all morning."),
+        ("\"Close your eyes,\" said {Friend}.", "\"I have something for you,\" {Friend} told {Name}."),
+    ), happy=(
+        ("{Name} opened {his} eyes and saw the {color} {obj}.", "\"Thank you!\" {he} said with a big smile."),
+        ("{Name} jumped up and down with joy.",),
+    ), sad=(
+        ("But the {obj} had fallen in the mud and was ruined.", "{Name} and {Friend} looked at it with tears in their eyes."),
+        ("When {Name} opened {his} eyes, the {obj} was gone.", "{Friend} could not find it, and they both felt sad."),
+    ), summary=("{Friend} surprised {Name} with a {color} {obj} {at} the {place}.",
+                "{Friend} tried to surprise {Name} with a {color} {obj}, but it went wrong."),
+       titles=("The Surprise", "A Gift for {Name}", "{Friend}'s Secret")),
+
+    Arc("rainy_day", "helper", (
+        ("{Name} wanted to play with {his} {color} {obj}, but dark clouds [came|rolled in].",),
+        ("[Soon|Then] the rain began to fall, drip, drop, drip.",),
+        ("?", "{Name} and {his} {helper} hid under a big tree.", "{Name} looked up at the gray sky."),
+    ), happy=(
+        ("They splashed in the puddles until the sun came out.", "{Name} laughed and said it was the best rainy day."),
+        ("{His} {helper} opened a big coat over them both, and they laughed in the rain.",),
+    ), sad=(
+        ("The rain did not stop, and the {obj} got soaked and ruined.", "{Name} went home wet and sad."),
+        ("They had to go home, and {Name} sighed at the window.", "{He} was sad and gloomy all day."),
+    ), summary=("{Name} had fun in the rain {at} the {place}.",
+                "Rain spoiled {Name}'s day {at} the {place}."),
+       titles=("A Rainy Day", "{Name} and the Rain", "Puddles {At} the {Place}"), weather="rainy"),
+
+    Arc("helping", "friend", (
+        ("{Name} was playing with {his} {color} {obj} when {he} heard {sound}.",),
+        ("It was {Friend}, a {fdesc} {fkind}, who could not find the way home.",),
+        ("\"What is wrong?\" asked {Name}.", "{Name} walked over and asked, \"Are you lost?\""),
+        ("?", "{Friend} nodded and wiped {fhis} eyes.", "\"I cannot find my home,\" said {Friend}."),
+    ), happy=(
+        ("{Name} held {Friend}'s hand and they walked until they found {fhis} home.", "{Friend} smiled and thanked {Name}."),
+        ("{Name} gave {Friend} the {obj} to hold and helped {fhim} find the way.", "They got there, and everyone cheered."),
+    ), sad=(
+        ("{Name} tried to help, but they could not find the way.", "{Friend} was still lost, and they both felt sad."),
+        ("{Name} had to go home before {he} could help.", "{He} thought about {Friend} all night and felt upset."),
+    ), summary=("{Name} helped {Friend} find the way home from the {place}.",
+                "{Name} tried to help {Friend} get home but could not."),
+       titles=("{Name} Helps a Friend", "The Way Home", "A Helping Hand")),
+
+    Arc("new_friend", "friend", (
+        ("{Name} was playing alone with {his} {color} {obj}.",),
+        ("?", "{He} wished {he} had a friend to play with.", "{He} looked around at the other children."),
+        ("Then {he} saw a {fdesc} {fkind} named {Friend}.",),
+        ("\"Do you want to play?\" asked {Name}.", "{Name} walked over and said, \"Hello, my name is {Name}.\""),
+    ), happy=(
+        ("{Friend} said yes, and they played with the {obj} all day.", "From that day on, they were best friends."),
+        ("{Friend} smiled, and soon they were laughing together.",),
+    ), sad=(
+        ("But {Friend} was too shy and ran away.", "{Name} was alone again and felt sad."),
+        ("{Friend} had to go home, and {Name} was sad to play alone again.",),
+    ), summary=("{Name} made a new friend, {Friend}, {at} the {place}.",
+                "{Name} tried to make friends with {Friend}, but {Friend} went away."),
+       titles=("A New Friend", "{Name} Meets {Friend}", "Friends {At} the {Place}")),
+
+    Arc("making", "helper", (
+        ("{Name} wanted to decorate {his} {color} {obj} for {his} {helper}.",),
+        ("{He} added [stars|dots|stripes|tiny hearts] with great care.", "{He} worked on it [all afternoon|for a long time]."),
+        ("?", "It was hard work, but {he} kept trying.", "Some parts went wrong, so {he} started again."),
+    ), happy=(
+        ("When {his} {helper} saw it, {hhe} gave {Name} a big hug.", "{Name} felt proud and happy."),
+        ("{His} {helper} said it was the best gift ever, and {Name} smiled.",),
+    ), sad=(
+        ("But the paint smeared, and the {obj} was ruined.", "{Name} cried because all the work was spoiled."),
+        ("{Name} dropped the {obj} and it was broken.", "{He} sat down, very sad."),
+    ), summary=("{Name} decorated a {color} {obj} as a gift for {his} {helper}.",
+                "{Name} tried to decorate a {color} {obj} for {his} {helper}, but it was spoiled."),
+       titles=("A Gift for {Helper}", "{Name} Makes Something", "The {Color} {Obj}")),
+
+    Arc("race", "friend", (
+        ("{Name} and {his} friend {Friend}, a {fdesc} {fkind}, had a race, and the winner would hold the {color} {obj}.",),
+        ("\"Ready, set, go!\" shouted {Name}.",),
+        ("They ran as fast as they could.", "They ran and ran, side by side."),
+    ), happy=(
+        ("{Name} won by a nose, but {he} shared the {obj} anyway.", "They both laughed and cheered."),
+        ("They crossed the line together, laughing.",),
+    ), sad=(
+        ("{Name} tripped and hurt {his} knee.", "{He} did not win, and {he} cried."),
+        ("{Friend} won and kept the {obj}.", "{Name} walked home slowly, feeling sad."),
+    ), summary=("{Name} raced {Friend} for a {color} {obj} and they shared it.",
+                "{Name} raced {Friend} for a {color} {obj} and lost."),
+       titles=("The Big Race", "{Name} and {Friend} Race", "Ready, Set, Go!")),
+
+    Arc("lost_way", "", (
+        ("{Name} followed a path, carrying {his} {color} {obj}.",),
+        ("{He} walked and walked until nothing looked the same.",),
+        ("?", "{He} saw {sight}, but it did not help.", "\"Which way is home?\" {Name} wondered."),
+    ), happy=(
+        ("Then {he} saw {his} own footprints and followed them back.", "{Name} was home in time and laughed with relief."),
+        ("A kind neighbor showed {him} the way, and {Name} smiled.",),
+    ), sad=(
+        ("It got dark, and {Name} sat down and cried.",),
+        ("{Name} walked in circles until {he} was tired.", "{He} sat down, lonely and upset."),
+    ), summary=("{Name} got lost {at} the {place} and found the way home.",
+                "{Name} got lost {at} the {place} and could not find the way."),
+       titles=("Lost {At} the {Place}", "{Name} Finds the Way", "Which Way Is Home?")),
+
+    Arc("patience", "helper", (
+        ("{Name} planted a seed and put {his} {color} {obj} next to it as a marker.",),
+        ("Every day {he} asked {his} {helper}, \"Is it growing yet?\"",),
+        ("\"Be patient,\" said {his} {helper}.",),
+        ("?", "{Name} waited and watered it every morning.", "Days went by, and nothing happened."),
+    ), happy=(
+        ("One morning, a little green sprout popped up.", "{Name} laughed and hugged {his} {helper}."),
+        ("At last the seed grew into a beautiful flower, and {Name} was proud.",),
+    ), sad=(
+        ("But the seed never grew.", "{Name} looked at the empty soil and felt sad."),
+        ("A storm washed the seed away, and {Name} cried.",),
+    ), summary=("{Name} planted a seed and learned to be patient until it grew.",
+                "{Name} planted a seed, but it never grew."),
+       titles=("The Little Seed", "{Name} Waits", "Is It Growing Yet?")),
+)
