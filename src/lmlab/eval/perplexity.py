@@ -35,8 +35,8 @@ class PerplexityConfig:
     """`lmlab eval ppl`: corpus and per-text perplexity, bits per byte, one column per model."""
 
     model: str = opt(help="model(s) to score, comma separated: run folders, model folders or hub ids")
-    data: str = opt("storyworld/pretrain", "text set(s), comma separated: named sets, files or hub ids; several = one row each")
-    split: str = opt("test", "split of named sets (train, validation, test)")
+    data: str = opt("storyworld/pretrain", "text set(s), comma separated: named sets, files or hub ids; several = one row each; NAME@SPLIT picks a set's split")
+    split: str = opt("test", "split of named sets without @SPLIT (train, validation, test)")
     limit: int | None = opt(None, "score only the first N texts of each set")
     columns: dict[str, str] = opt({}, "column mapping for tabular data, e.g. {text: story}")
     max_length: int | None = opt(None, "tokens per window; default min(model context, 1024)")
@@ -225,7 +225,15 @@ def context_length(model: torch.nn.Module, cap: int = 1024) -> int:
 
 def _set_name(spec: str) -> str:
     path = Path(spec)
-    return path.stem if path.suffix else spec
+    return path.stem if path.suffix and path.exists() else spec
+
+
+def _split_of(spec: str, default: str) -> tuple[str, str]:
+    """`tinystories@validation` → (`tinystories`, `validation`); a path that exists is never split."""
+    name, at, split = spec.rpartition("@")
+    if not at or Path(spec).exists():
+        return spec, default
+    return name, split
 
 
 def _load_sets(cfg: PerplexityConfig, kind: str) -> dict[str, list[Any]]:
@@ -233,16 +241,17 @@ def _load_sets(cfg: PerplexityConfig, kind: str) -> dict[str, list[Any]]:
     from lmlab.data.loaders import load_records, load_texts
 
     sets: dict[str, list[Any]] = {}
-    for spec in split_list(cfg.data):
+    for item in split_list(cfg.data):
+        spec, split = _split_of(item, cfg.split)
         if kind == "seq2seq":
-            records = load_records(spec, "chat", columns=cfg.columns or None, split=cfg.split, limit=cfg.limit)
+            records = load_records(spec, "chat", columns=cfg.columns or None, split=split, limit=cfg.limit)
             pairs = []
             for rec in records:
                 prompt = "\n".join(m.content for m in rec.messages[:-1] if m.role != "system")
                 pairs.append((prompt, rec.messages[-1].content))
             sets[_set_name(spec)] = pairs
         else:
-            texts = [t for t in load_texts(spec, columns=cfg.columns or None, split=cfg.split, limit=cfg.limit) if t.strip()]
+            texts = [t for t in load_texts(spec, columns=cfg.columns or None, split=split, limit=cfg.limit) if t.strip()]
             sets[_set_name(spec)] = ["\n".join(texts)] if cfg.concat else texts
     return sets
 
