@@ -1,0 +1,242 @@
+"""`lmlab train rm`: a Bradley–Terry reward model on preference pairs.
+
+    lmlab train rm model=runs/quickstart/sft data=storyworld/prefs max_steps=200
+    lmlab train rm model=Qwen/Qwen2.5-0.5B-Instruct data=dpo-en tuning=lora lora.rank=8 margin=0.5
+
+Setup → train → evaluate, top to bottom:
+
+1. model: a causal LM (run folder, model folder or hub id) loaded as a sequence-classification
+   model with one output, r(x, y) = w·h_last (a fresh linear head on the last non-pad token's
+   hidden state; the LM head is dropped). `pad_token_id` is set on the config, because the head
+   finds each row's last real token by comparing with it. Then `tuning` (full / freeze / lora).
+2. data: preference records; each response is rendered *with its prompt* through the chat
+   template, exactly the text a policy produces at inference (prompt, assistant header, reply,
+   end of turn). Sequences longer than `max_length` lose tokens from the left: the reward is read
+   at the end, so the end of the reply must survive.
+3. batches of B pairs as 2B rows, chosen first, rejected after (one forward pass; `reward_step`),
+   loss −log σ(r_c − r_r − m) (InstructGPT eq. 1; margin m: Llama 2 eq. 2) plus the optional
+   centring penalty η·(r_c + r_r)² (`center_rewards`).
+4. the shared `Trainer`; after training, pairwise accuracy and the mean margin on the held-out
+   pairs go into result.json; final/ is the HF sequence-classification model (`eval reward`,
+   `eval compare judge=` and PPO load it with AutoModelForSequenceClassification).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lmlab.config import to_dict
+from lmlab.data.collate import PaddedBatches
+from lmlab.errors import ConfigError, DataError
+from lmlab.progress import log
+from lmlab.runs import RunDir, RunResult
+from lmlab.train.config import RewardConfig
+
+
+def default_out(cfg: RewardConfig) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(cfg.model.rstrip("/")).name or cfg.model).strip("-")
+    return f"runs/rm-{slug or 'model'}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+def _messages(prompt: Any) -> list[dict[str, str]]:
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in prompt]
+
+
+def render_response(tokenizer: Any, prompt: Any, response: str, template: str = "auto") -> str:
+    """The conversation `prompt` + one assistant reply, as text (the RM scores exactly this)."""
+    from lmlab.data.chat import resolve_template
+
+    msgs = [*_messages(prompt), {"role": "assistant", "content": response}]
+    return tokenizer.apply_chat_template(msgs, chat_template=resolve_template(tokenizer, template), tokenize=False)
+
+
+def encode_response(tokenizer: Any, prompt: Any, response: str, max_length: int, template: str = "auto") -> list[int]:
+    """Token ids of the rendered conversation, the last `max_length` kept (the reward is read at the end)."""
+    ids = tokenizer(render_response(tokenizer, prompt, response, template), add_special_tokens=False)["input_ids"]
+    return ids[-max_length:]
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
+    """Right-pad token lists to one width: input_ids and attention_mask (N, T)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (N, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (N, T)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def encode_responses(tokenizer: Any, prompts: Sequence[Any], responses: Sequence[str], max_length: int,
+                     template: str = "auto") -> dict[str, Tensor]:
+    """A padded batch of prompt + response conversations, for scoring (N, T)."""
+    rows = [encode_response(tokenizer, p, r, max_length, template) for p, r in zip(prompts, responses, strict=True)]
+    return pad_rows(rows, tokenizer.pad_token_id)
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+@dataclass
+class EncodedPair:
+    chosen: list[int]
+    rejected: list[int]
+
+    @property
+    def input_ids(self) -> list[int]:
+        """The longer side: what length grouping sorts by."""
+        return self.chosen if len(self.chosen) >= len(self.rejected) else self.rejected
+
+
+class PairBatches(PaddedBatches):
+    """Shuffled micro-batches of B pairs as 2B padded rows, chosen rows first (what `reward_step` expects)."""
+
+    def get(self, index: int) -> dict[str, Tensor]:
+        pairs = [self.examples[i] for i in self._batch_indices(index)]
+        return pad_rows([p.chosen for p in pairs] + [p.rejected for p in pairs], self.pad_id)  # (2B, T)
+
+
+def encode_pairs(tokenizer: Any, records: Sequence[Any], max_length: int, template: str, source: str) -> list[EncodedPair]:
+    """Render and tokenize preference records; identical chosen/rejected texts teach nothing and are dropped."""
+    pairs = []
+    for rec in records:
+        c = encode_response(tokenizer, rec.prompt, rec.chosen, max_length, template)
+        r = encode_response(tokenizer, rec.prompt, rec.rejected, max_length, template)
+        if c != r:
+            pairs.append(EncodedPair(c, r))
+    if not pairs:
+        raise DataError(f"{source}: no preference pair with different chosen and rejected tokens "
+                        f"(within max_length={max_length}); check the data's chosen/rejected columns")
+    return pairs
+
+
+def load_pairs(cfg: RewardConfig, tokenizer: Any) -> tuple[list[EncodedPair], list[EncodedPair]]:
+    from lmlab.data.loaders import load_records
+    from lmlab.data.split import split_train_val
+    from lmlab.train.sft import eval_split
+
+    records = load_records(cfg.data, "preference", columns=cfg.columns or None, limit=cfg.limit)
+    if cfg.eval_data:
+        train = records
+        val = load_records(cfg.eval_data, "preference", columns=cfg.columns or None, split=eval_split(cfg.eval_data),
+                           limit=max(cfg.eval_batches, 1) * cfg.batch_size if cfg.eval_batches > 0 else None)
+    else:
+        train, val = split_train_val(records, cfg.val_fraction, seed=cfg.seed)
+    if not train:
+        raise DataError(f"data={cfg.data}: no training pairs left after holding out val_fraction={cfg.val_fraction}")
+    train_pairs = encode_pairs(tokenizer, train, cfg.max_length, cfg.template, cfg.data)
+    val_pairs = encode_pairs(tokenizer, val, cfg.max_length, cfg.template, cfg.eval_data or cfg.data) if val else []
+    return train_pairs, val_pairs
+
+
+# -- model -------------------------------------------------------------------------------------
+
+def load_for_rm(cfg: RewardConfig) -> tuple[Any, Any]:
+    """(sequence-classification model with one output, tokenizer) with `cfg.tuning` applied."""
+    from lmlab.models import is_architecture
+    from lmlab.models.load import apply_tuning, load_model
+    from lmlab.train.sft import load_tokenizer
+
+    if is_architecture(cfg.model):
+        raise ConfigError(
+            f"model={cfg.model}: a reward model starts from a trained language model (a run folder such as "
+            "runs/quickstart/sft, a model folder or a hub id), not an untrained architecture"
+        )
+    model, tokenizer = load_model(cfg.model, kind="sequence-classification", trust_remote_code=cfg.trust_remote_code)
+    if cfg.tokenizer:
+        tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = apply_tuning(model, cfg.tuning, cfg.lora, cfg.freeze)
+    return model, tokenizer
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def pair_rewards(model: Any, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int) -> tuple[list[float], list[float]]:
+    """Rewards of the chosen and the rejected side of every pair."""
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    chosen: list[float] = []
+    rejected: list[float] = []
+    try:
+        for s in range(0, len(pairs), batch_size):
+            part = pairs[s:s + batch_size]
+            batch = pad_rows([p.chosen for p in part] + [p.rejected for p in part], pad_id)
+            r = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits[:, 0]
+            r = r.float().cpu().tolist()  # (2B,)
+            chosen += r[:len(part)]
+            rejected += r[len(part):]
+    finally:
+        model.train(was_training)
+    return chosen, rejected
+
+
+def pair_metrics(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, float]:
+    from lmlab.eval.reward_analysis import pairwise_accuracy
+
+    c, r = torch.tensor(list(chosen)), torch.tensor(list(rejected))
+    return {"eval_pairs": len(c), "eval_accuracy": pairwise_accuracy(chosen, rejected),
+            "eval_margin": float((c - r).mean()), "eval_reward_chosen": float(c.mean()),
+            "eval_reward_rejected": float(r.mean())}
+
+
+# -- the stage ---------------------------------------------------------------------------------
+
+def run(cfg: RewardConfig, *, resume: bool = False, force: bool = False) -> RunResult:
+    """Train a reward model on `cfg.data`; returns the run folder and its final metrics."""
+    from lmlab.models import count_parameters
+    from lmlab.train.steps import StepContext, reward_step
+    from lmlab.train.trainer import Trainer
+
+    cfg = dataclasses.replace(cfg, out=cfg.out or default_out(cfg))
+    rundir = RunDir(cfg.out)
+    if rundir.is_done() and not force and not resume:
+        log(f"{rundir.path} is finished (result.json); pass --force to run it again")
+        return RunResult(rundir.path, rundir.result())
+    rundir.prepare(resume=resume, force=force)
+    rundir.save_config(to_dict(cfg))
+    torch.manual_seed(cfg.seed)
+
+    model, tokenizer = load_for_rm(cfg)
+    trainable, total = count_parameters(model)
+    log(f"rm {cfg.tuning}: {trainable:,} trainable of {total:,} parameters")
+    train, val = load_pairs(cfg, tokenizer)
+    log(f"data {cfg.data}: {len(train)} train / {len(val)} held-out pairs")
+    pad = tokenizer.pad_token_id
+    train_src = PairBatches(train, cfg.batch_size, pad, seed=cfg.seed)
+    eval_src = PairBatches(val, cfg.batch_size, pad, seed=cfg.seed, group_by_length=True) if val else None
+    ctx = StepContext(options={"margin": cfg.margin, "center_rewards": cfg.center_rewards})
+    trainer = Trainer(model, reward_step, train_src, cfg, rundir, eval_source=eval_src, tokenizer=tokenizer, ctx=ctx)
+    result = trainer.fit(resume=resume)
+
+    if val:
+        result.update(pair_metrics(*pair_rewards(trainer.raw, val, pad, cfg.batch_size)))
+        log(f"held-out pairwise accuracy {result['eval_accuracy']:.3f}, mean margin {result['eval_margin']:.3f}")
+    result.update({"trainable_params": trainable, "total_params": total, "tuning": cfg.tuning,
+                   "train_pairs": len(train), "val_pairs": len(val)})
+    rundir.finish(result)
+    return RunResult(rundir.path, result)

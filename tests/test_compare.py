@@ -1,0 +1,99 @@
+"""Model-vs-model comparison: win rate, paired tests and outputs on stub generations and a stub judge."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from scipy import stats
+
+from lmlab.eval import compare
+from lmlab.eval.compare import CompareConfig, judge_summary, paired_t, samples_markdown, summarize, win_rate
+
+BASE = [0.2, 0.5, 0.5, 0.9]
+TUNED = [0.4, 0.5, 0.7, 0.8]
+
+
+def test_win_rate_counts_ties_half():
+    # 0.4>0.2 win, 0.5=0.5 tie, 0.7>0.5 win, 0.8<0.9 loss → (1 + 0.5 + 1 + 0) / 4
+    assert win_rate(BASE, TUNED) == 0.625
+    assert win_rate(TUNED, BASE) == 0.375  # the two directions add to one
+    assert win_rate(BASE, BASE) == 0.5
+    with pytest.raises(ValueError):
+        win_rate([1.0], [1.0, 2.0])
+
+
+def test_paired_t_worked_values():
+    # differences 0.2, 0, 0.2, -0.1: mean 0.075, sample sd 0.15, t = 0.075 / (0.15 / 2) = 1, df 3
+    t, p = paired_t(BASE, TUNED)
+    assert t == pytest.approx(1.0)
+    assert p == pytest.approx(2 * stats.t.sf(1.0, 3))
+    assert all(math.isnan(x) for x in paired_t([1, 2, 3], [2, 3, 4]))  # constant difference: undefined
+
+
+def test_judge_summary_against_baseline():
+    s = judge_summary({"base": BASE, "sft": TUNED})["models"]
+    assert s["base"]["mean"] == pytest.approx(0.525) and "win_rate" not in s["base"]
+    assert s["sft"]["mean"] == pytest.approx(0.6) and s["sft"]["mean_diff"] == pytest.approx(0.075)
+    assert s["sft"]["win_rate"] == 0.625 and s["sft"]["paired_t"] == pytest.approx(1.0)
+    welch = stats.ttest_ind(TUNED, BASE, equal_var=False)
+    assert s["sft"]["welch_t"] == pytest.approx(welch.statistic) and s["sft"]["welch_p"] == pytest.approx(welch.pvalue)
+
+
+def _stub_judge(prompts, responses):
+    """1 point per prompt word echoed in the response, scaled to [0, 1]."""
+    out = []
+    for p, r in zip(prompts, responses, strict=True):
+        words = set(p.lower().split())
+        out.append(sum(w in words for w in r.lower().split()) / max(1, len(r.split())))
+    return out
+
+
+PROMPTS = ["tell a story about a cat", "a dog in the park", "write about rain", "the red ball"]
+ANSWERS = {
+    "base": ["once there was a mouse", "dog park", "sun and sky", "the red ball"],
+    "sft": ["a cat poem", "a dog in the park", "rain rain", "blue sky"],
+}
+
+
+def test_summarize_with_stub_judge():
+    metrics, scores = summarize(PROMPTS, ANSWERS, {"echo": _stub_judge})
+    # base: "a" of 5 words; both words; none; all 3 → 0.2, 1, 0, 1. sft: 2/3 ("a", "cat", not "poem"), 1, 1, 0
+    assert scores["echo"]["base"] == pytest.approx([0.2, 1.0, 0.0, 1.0])
+    assert scores["echo"]["sft"] == pytest.approx([2 / 3, 1.0, 1.0, 0.0])
+    sft = metrics["judges"]["echo"]["models"]["sft"]
+    assert sft["win_rate"] == pytest.approx((1 + 0.5 + 1 + 0) / 4)
+    assert metrics["text"]["base"]["words"] == pytest.approx((5 + 2 + 3 + 3) / 4)
+    assert metrics["prompts"] == 4 and metrics["baseline"] == "base"
+
+
+def test_samples_markdown_side_by_side():
+    _, scores = summarize(PROMPTS, ANSWERS, {"echo": _stub_judge})
+    md = samples_markdown(PROMPTS, {"base": ["a|b\nc", *ANSWERS["base"][1:]], "sft": ANSWERS["sft"]}, scores)
+    lines = md.strip().splitlines()
+    assert lines[0] == "| # | prompt | base | sft |" and len(lines) == 2 + 4
+    assert "a\\|b<br>c<br>*echo=0.2*" in lines[2] and "a cat poem<br>*echo=0.667*" in lines[2]
+
+
+def test_run_writes_metrics_samples_and_plots(tmp_path, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n\n")
+    monkeypatch.setattr(compare, "generate_answers", lambda spec, ps, cfg: ANSWERS["sft" if "tuned" in spec else "base"][: len(ps)])
+    monkeypatch.setattr(compare, "make_judges", lambda cfg: {"echo": _stub_judge})
+    out = tmp_path / "cmp"
+    metrics = compare.run(CompareConfig(model="runs/base,runs/tuned", prompts=str(prompts), n=4, judge="gold", out=str(out)))
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["judges"]["echo"]["models"]["tuned"]["win_rate"] == 0.625
+    assert saved["models"] == {"base": "runs/base", "tuned": "runs/tuned"} and metrics["prompts"] == 4
+    assert (out / "samples.md").read_text().count("\n") == 6
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+    for png in ("reward_echo.png", "mean_reward.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_config_needs_two_models():
+    from lmlab.config import build
+    from lmlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="at least two models"):
+        build(CompareConfig, {"model": "runs/a"})
