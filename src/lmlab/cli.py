@@ -70,6 +70,16 @@ COMMANDS: list[Command] = [
             "Gradio chat page in the browser"),
     Command("index", "lmlab.chat.rag:IndexConfig", "lmlab.chat.rag:build_index", ("docs*",),
             "chunk and embed documents into a retrieval index for rag=INDEX"),
+    Command("data list", "lmlab.data.commands:DataListConfig", "lmlab.data.commands:list_datasets", (),
+            "named datasets: kind, splits, where each resolves now (mirror / hub / built-in)"),
+    Command("data show", "lmlab.data.commands:DataShowConfig", "lmlab.data.commands:show", ("name",),
+            "print the first records of a dataset as lmlab reads them"),
+    Command("data stats", "lmlab.data.commands:DataStatsConfig", "lmlab.data.commands:stats", ("path",),
+            "rows, fields, length distributions in words (and tokens with tokenizer=)"),
+    Command("data compare", "lmlab.data.commands:DataCompareConfig", "lmlab.data.commands:compare", ("a", "b"),
+            "word distributions of two corpora: Zipf plot, OOV rate, JS divergence"),
+    Command("tokenizer train", "lmlab.tokenizers:TokenizerTrainConfig", "lmlab.tokenizers:run_train", (),
+            "train a byte-level BPE or char tokenizer; prints its compression"),
     # rows added by each module: keep one line per command, grouped by verb
 ]
 
