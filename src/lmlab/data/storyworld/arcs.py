@@ -66,7 +66,7 @@ ARCS: tuple[Arc, ...] = (
     Arc("sharing", "friend", (
         ("{Name} [had|brought] a {color} {obj} to the {place}.", "{Name} was playing with a {color} {obj}."),
         ("{Friend}, a {fdesc} {fkind}, [came over|walked up] and [looked at|watched] the {obj}.",),
-        ("\"Can I play with it too?\" asked {Friend}.", "\"May I have a turn?\" {Friend} asked [softly|politely]."),
+        ("\"Can I play with it too?\" asked {Friend}.", "\"May I have a turn?\" asked {Friend} [softly|politely]."),
         ("?", "{Name} held the {obj} [tight|close] and thought for a moment.", "{Name} did not know what to say."),
     ), happy=(
         ("{Name} said, \"Yes, let's play together.\"", "They took turns all day and laughed a lot."),
@@ -228,7 +228,7 @@ ARCS: tuple[Arc, ...] = (
     Arc("lost_way", "", (
         ("{Name} followed a path, carrying {his} {color} {obj}.",),
         ("{He} walked and walked until nothing looked the same.",),
-        ("?", "{He} saw {sight}, but it did not help.", "\"Which way is home?\" {Name} wondered."),
+        ("?", "{He} saw {sight}, but it did not help.", "\"Which way is home?\" wondered {Name}."),
     ), happy=(
         ("Then {he} saw {his} own footprints and followed them back.", "{Name} was home in time and laughed with relief."),
         ("A kind neighbor showed {him} the way, and {Name} smiled.",),

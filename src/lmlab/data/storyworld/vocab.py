@@ -7,7 +7,13 @@ can never be mistaken for another; tests/test_storyworld.py checks it.
 """
 from __future__ import annotations
 
-GIRL_NAMES = """
+
+def _words(text: str) -> list[str]:
+    """Whitespace-separated words; lists stay readable as blocks of text."""
+    return text.split()
+
+
+GIRL_NAMES = _words("""
 Mia Emma Ava Sofia Chloe Zoe Lucy Anna Ella Nora Lena Maya Ivy Clara Alice Julia Nina Sara Leah
 Hannah Ruth Amy Kate Jane Beth Tessa Greta Fiona Wendy Molly Polly Sally Tina Lisa Rosa Elsa Ada
 Mila Lola Nell Ellie Gemma Jenny Kelly Laura Megan Naomi Olivia Paula Rita Sophie Tara Vera Yara
@@ -17,9 +23,9 @@ Livia Marta Nova Priya Rina Sana Tilly Una Vicky Wanda Yasmin Zoey Aisha Bianca 
 Fatima Gloria Helen Ines Josie Maria Noor Petra Rosie Stella Talia Ursula Valeria Amara Beatrix
 Cleo Delia Elena Frida Hana Ida Juno Kaya Leila Mabel Nia Orla Saskia Tove Vida Yvonne Agnes Bonnie
 Cecile Dolly Esme Fern Hattie Imogen Janet Lottie Minnie Odette Philippa Sylvie Trudy
-""".split()
+""")
 
-BOY_NAMES = """
+BOY_NAMES = _words("""
 Tom Max Leo Sam Ben Jack Tim Noah Liam Oscar Felix Hugo Theo Finn Luke Adam Eli Ivan Omar Paul
 Ryan Sean Toby Victor Zack Bruno Carlos Dan Eric Fred George Harry Isaac Jonah Kevin Louis Marco
 Nick Otto Pedro Rafael Simon Tony Umar Vince Walter Xavier Yusuf Zane Aaron Billy Charlie David
@@ -29,23 +35,23 @@ Seth Tariq Vito Wes Abe Benny Caleb Dario Elias Ferris Gideon Hamid Ibrahim Jasp
 Malik Nico Orson Percy Rory Silas Tobias Viktor Willy Yosef Zeke Andre Cyrus Dmitri Enzo Fabio
 Hector Jude Kofi Lionel Moses Nils Oliver Quentin Reuben Sami Tristan Vern Wyatt Anton Bram Colin
 Desmond Emmett Flynn Gordon Harvey Jonas Kurt Leon Magnus Nolan Ross Sidney Ted Alfie Bertie
-""".split()
+""")
 
 NAMES = GIRL_NAMES + BOY_NAMES
 
 # kind -> gender it forces ("f", "m") or "" (any). Animals and roles take the name's gender.
 PEOPLE = {"girl": "f", "boy": "m", "princess": "f", "prince": "m", "queen": "f", "king": "m"}
-ROLES = """farmer baker teacher doctor painter pilot sailor dragon robot fairy knight wizard giant elf
-pirate clown gardener""".split()
-BIRDS = "bird duck owl hen goose penguin robin parrot chick swan".split()
-ANIMALS = """dog cat rabbit bunny fox bear mouse frog pig cow horse sheep goat lion tiger elephant
+ROLES = _words("""farmer baker teacher doctor painter pilot sailor dragon robot fairy knight wizard giant elf
+pirate clown gardener""")
+BIRDS = _words("bird duck owl hen goose penguin robin parrot chick swan")
+ANIMALS = _words("""dog cat rabbit bunny fox bear mouse frog pig cow horse sheep goat lion tiger elephant
 monkey panda turtle squirrel deer hedgehog puppy kitten koala zebra giraffe hippo dolphin seal otter
-beaver raccoon badger mole bee ladybug snail lamb pony donkey camel kangaroo wolf crab""".split()
+beaver raccoon badger mole bee ladybug snail lamb pony donkey camel kangaroo wolf crab""")
 KINDS = list(PEOPLE) + ROLES + BIRDS + ANIMALS
 
 # How a kind is described ("a little girl", "a kind farmer").
-YOUNG_ADJ = "little small young curious brave cheerful clever gentle playful tiny".split()
-GROWN_ADJ = "kind friendly busy cheerful clever gentle wise young brave jolly".split()
+YOUNG_ADJ = _words("little small young curious brave cheerful clever gentle playful tiny")
+GROWN_ADJ = _words("kind friendly busy cheerful clever gentle wise young brave jolly")
 
 # place -> preposition used for "being there" ("on the farm"); one word or a fixed phrase.
 PLACES = {
@@ -60,27 +66,27 @@ PLACES = {
     "attic": "in", "city square": "in", "fairground": "at", "snow fort": "in", "sandbox": "in",
 }
 
-OBJECTS = """ball kite doll hat scarf balloon book drum boat truck bike wagon shovel bucket umbrella
+OBJECTS = _words("""ball kite doll hat scarf balloon book drum boat truck bike wagon shovel bucket umbrella
 blanket pillow cup bowl spoon basket backpack shell feather pebble acorn ribbon button crayon pencil
 brush map key lamp clock bell whistle flute guitar puzzle marble sock mitten boot shoe jacket cape
 crown necklace bracelet sticker notebook wand sled rope ladder net jar bottle apple cookie cake
 carrot bone flag tent camera mirror comb trumpet violin scooter skateboard helmet glove candle
-lantern teapot kettle pinwheel yoyo rocket car whistle""".split()
+lantern teapot kettle pinwheel yoyo rocket car whistle""")
 OBJECTS = list(dict.fromkeys(OBJECTS))  # keep order, drop the accidental duplicate
 
-COLORS = "red blue green yellow pink purple orange brown white black golden silver".split()
+COLORS = _words("red blue green yellow pink purple orange brown white black golden silver")
 
-WEATHER = "sunny rainy windy snowy cloudy foggy cold chilly stormy misty".split()
+WEATHER = _words("sunny rainy windy snowy cloudy foggy cold chilly stormy misty")
 
 # Grown-ups who appear beside the main character; never a constraint, so not in KINDS.
 HELPERS = {"mom": "f", "dad": "m", "grandma": "f", "grandpa": "m", "aunt": "f", "uncle": "m"}
 
 # Ending sentiment. Every happy ending's last sentence uses a HAPPY word and no SAD word, and the
 # other way round, so the judge's lexicon reading of the last sentence recovers the ending.
-HAPPY_WORDS = frozenset("""happy happily happier smiled smile smiles smiling laughed laugh laughing
-glad joy joyful hugged hug giggled cheered proud fun best love loved wonderful great thanked""".split())
-SAD_WORDS = frozenset("""sad sadly cried cry crying tears lonely alone upset unhappy gloomy ruined
-broken missed sighed frowned hurt""".split())
+HAPPY_WORDS = frozenset(_words("""happy happily happier smiled smile smiles smiling laughed laugh laughing
+glad joy joyful hugged hug giggled cheered proud fun best love loved wonderful great thanked"""))
+SAD_WORDS = frozenset(_words("""sad sadly cried cry crying tears lonely alone upset unhappy gloomy ruined
+broken missed sighed frowned hurt"""))
 
 PRONOUNS = {
     "f": {"he": "she", "him": "her", "his": "her", "himself": "herself"},
@@ -123,4 +129,4 @@ SIGHTS = [
     "a tiny nest", "a bright butterfly", "a big round puddle", "a funny shadow", "a trail of footprints",
 ]
 SOUNDS = ["a soft cry", "a strange noise", "a loud bang", "a tiny squeak", "a little sob", "a rustle in the leaves"]
-MOODS = "excited curious cheerful eager calm hopeful merry".split()
+MOODS = _words("excited curious cheerful eager calm hopeful merry")
