@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
 from lmlab.chat.engine import BatchEngine, Completion
 from lmlab.chat.options import ChatKeys, decoding_config, load_chat_model, load_index, system_prompt
 from lmlab.chat.session import render_prompt
@@ -226,10 +230,6 @@ def _check_completion(c: Completion) -> None:
 
 def create_app(state: Server) -> Any:
     """The FastAPI app over a `Server` (tests may build one around any engine)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
-
     app = FastAPI(title="lmlab serve", docs_url=None, redoc_url=None)
 
     @app.exception_handler(ApiError)

@@ -1,0 +1,42 @@
+"""A tiny random chat model whose greedy replies are visible text (for chat/serve/web tests).
+
+The shared `tiny_qwen2_dir` ties its embeddings, so greedy decoding copies the last prompt token
+("\\n\\n\\n..."), which a browser shows as an empty bubble. Untied, widely initialised weights give
+varied, deterministic (greedy) replies instead.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build_chat_model(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False, initializer_range=0.5,
+    )
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def greedy_reply(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
+    """The oracle: plain HF greedy `generate` on one prompt, stopping at the end-of-turn tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmlab.templates import stop_token_ids
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
