@@ -3,7 +3,7 @@
     pretrain  {"text"}
     instruct  {"messages": [user prompt, assistant reply]}: 60% write-a-story with constraints,
               10% each summarise / title / continue / answer a question
-    continue  {"prompt": first sentence, "completion": the rest}
+    continue  {"prompt": first sentence (two if the first does not name the hero), "completion": the rest}
     qa        {"prompt": story + "\\n\\nQuestion: ...", "completion": short answer}
     prefs     {"prompt", "chosen", "rejected"}: chosen meets the prompt; rejected is a corruption
     kto       {"prompt", "completion", "label"}: half good replies (True), half corruptions (False)
@@ -135,6 +135,12 @@ def make_pair(rng: random.Random, kinds: tuple[str, ...] = tuple(CORRUPTIONS)) -
                 return Pair(prompt, story.text, rejected, kind)
 
 
+def _opening(story: Story) -> tuple[str, str]:
+    """(first sentence, rest); two sentences when the first does not name the main character."""
+    k = 1 if story.main.name in story.sentences[0] else 2
+    return " ".join(story.sentences[:k]), " ".join(story.sentences[k:])
+
+
 # -- tasks -----------------------------------------------------------------------------------------------
 def _instruct(rng: random.Random) -> dict:
     r, acc, kind = rng.random(), 0.0, "write"
@@ -152,7 +158,8 @@ def _instruct(rng: random.Random) -> dict:
         elif kind == "title":
             prompt, reply = task_prompt("title", story.text, rng), story.title
         elif kind == "continue":
-            prompt, reply = task_prompt("continue", story.sentences[0], rng), " ".join(story.sentences[1:])
+            head, rest = _opening(story)
+            prompt, reply = task_prompt("continue", head, rng), rest
         else:
             q, a = rng.choice(story.qa)
             prompt, reply = task_prompt("qa", story.text, rng, question=q), a
@@ -165,8 +172,8 @@ def _one(task: str, rng: random.Random) -> dict:
     if task == "instruct":
         return _instruct(rng)
     if task == "continue":
-        story = _story(rng)[0]
-        return {"prompt": story.sentences[0], "completion": " ".join(story.sentences[1:])}
+        head, rest = _opening(_story(rng)[0])
+        return {"prompt": head, "completion": rest}
     if task == "qa":
         story = _story(rng)[0]
         q, a = rng.choice(story.qa)
