@@ -80,6 +80,8 @@ COMMANDS: list[Command] = [
             "word distributions of two corpora: Zipf plot, OOV rate, JS divergence"),
     Command("tokenizer train", "lmlab.tokenizers:TokenizerTrainConfig", "lmlab.tokenizers:run_train", (),
             "train a byte-level BPE or char tokenizer; prints its compression"),
+    Command("sweep", "lmlab.train.sweep:SweepConfig", "lmlab.train.sweep:run", ("recipe",),
+            "Optuna search over one recipe stage's keys (space=SPACE.yaml trials=N stage=NAME)"),
     # rows added by each module: keep one line per command, grouped by verb
 ]
 
