@@ -1,0 +1,96 @@
+"""`train rm`: batches, rendering, and a tiny Qwen2 reward model that learns a toy preference."""
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from lmlab.train.reward import EncodedPair, PairBatches, encode_response, pad_rows, render_response
+
+WORDS = ["the", "a", "cat", "dog", "girl", "boy", "tom", "mia", "ran", "found", "lost", "park", "house", "ball", "red", "blue", "said", "went", "saw", "big", "small", "tree", "river"]
+
+
+def _pairs_file(path, n: int, seed: int = 0):
+    """Pairs that differ in one word: chosen holds the marker 'happy', rejected 'sad' at the same place."""
+    rng = random.Random(seed)
+    with open(path, "w") as fh:
+        for _ in range(n):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 9))]
+            at = rng.randint(0, len(words))
+            chosen = " ".join([*words[:at], "happy", *words[at:]])
+            rejected = " ".join([*words[:at], "sad", *words[at:]])
+            prompt = " ".join(rng.choice(WORDS) for _ in range(4))
+            fh.write(json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}) + "\n")
+    return path
+
+
+def test_pad_rows_and_pair_batches_put_chosen_first():
+    pairs = [EncodedPair([1, 2, 3], [4, 5]), EncodedPair([6], [7, 8, 9, 10])]
+    src = PairBatches(pairs, batch_size=2, pad_id=0, seed=0)
+    assert len(src) == 1
+    batch = src.get(0)
+    order = [0, 1] if batch["input_ids"][0, 0] == 1 else [1, 0]
+    expect = pad_rows([pairs[i].chosen for i in order] + [pairs[i].rejected for i in order], 0)
+    assert torch.equal(batch["input_ids"], expect["input_ids"]) and batch["input_ids"].shape == (4, 4)
+    assert batch["attention_mask"].sum(1).tolist() == [len(pairs[i].chosen) for i in order] + [len(pairs[i].rejected) for i in order]
+    assert torch.equal(src.get(1)["input_ids"].sort(0).values, batch["input_ids"].sort(0).values)  # next epoch: same pairs
+
+
+def test_render_response_is_the_chat_template(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    text = render_response(tok, "hi there", "the cat ran")
+    assert text == "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\nthe cat ran<|im_end|>\n"
+    ids = encode_response(tok, "hi there", "the cat ran", max_length=1000)
+    assert tok.decode(ids) == text
+    # truncation keeps the end, where the reward is read
+    assert encode_response(tok, "hi there", "the cat ran", max_length=5) == ids[-5:]
+
+
+def test_reward_model_learns_toy_preference(tmp_path, tiny_qwen2_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from lmlab.config import build
+    from lmlab.train.config import RewardConfig
+    from lmlab.train.reward import load_pairs, pair_rewards, run
+
+    train_file = _pairs_file(tmp_path / "prefs.jsonl", 96, seed=1)
+    val_file = _pairs_file(tmp_path / "val.jsonl", 24, seed=2)
+    cfg = build(RewardConfig, {
+        "model": str(tiny_qwen2_dir), "data": str(train_file), "eval_data": str(val_file), "out": str(tmp_path / "rm"),
+        "max_steps": 30, "batch_size": 8, "lr": 5e-3, "warmup_steps": 3, "log_every": 5, "eval_every": 15,
+        "eval_batches": 0, "max_length": 64, "seed": 0, "device": "cpu",
+    })
+    torch.manual_seed(0)
+    result = run(cfg).metrics
+    assert result["train_pairs"] == 96 and result["val_pairs"] == 24 and result["steps"] == 30
+    assert result["eval_accuracy"] == 1.0
+    assert result["eval_margin"] > 1.0
+    rows = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert train_rows[0]["loss"] > train_rows[-1]["loss"] and train_rows[-1]["loss"] < 0.5 * math.log(2)
+    assert {"accuracy", "margin", "reward_chosen", "reward_rejected"} <= set(train_rows[-1])
+    # final/ is a plain HF sequence-classification model that gives the same rewards
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
+    assert loaded.config.num_labels == 1 and loaded.config.pad_token_id is not None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "rm" / "final")
+    _, val = load_pairs(cfg, tok)
+    chosen, rejected = pair_rewards(loaded, val, tok.pad_token_id, 8)
+    assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) == 24
+    assert sum(c - r for c, r in zip(chosen, rejected, strict=True)) / 24 == pytest.approx(result["eval_margin"], abs=1e-4)
+
+
+def test_untrained_architecture_is_refused(tmp_path):
+    from lmlab.config import build
+    from lmlab.errors import ConfigError
+    from lmlab.train.config import RewardConfig
+    from lmlab.train.reward import load_for_rm
+
+    with pytest.raises(ConfigError, match="starts from a trained language model"):
+        load_for_rm(build(RewardConfig, {"model": "transformer:tiny", "out": str(tmp_path / "x")}))
