@@ -175,7 +175,9 @@ def storyworld_stats(spec: str, draws: int) -> dict[str, Any]:
 
 def _print_stats(res: dict[str, Any]) -> None:
     console = _out()
-    table = Table(title=escape(f"{res['data']} [{res['split']}]: {res['rows']:,} rows, {res['vocabulary']:,} distinct words"))
+    console.print(escape(f"{res['data']} [{res['split']}]: {res['rows']:,} rows, {res['vocabulary']:,} distinct words, "
+                         f"{res['distinct_texts']:,} distinct texts"))
+    table = Table()
     for col in ("length", "mean", "min", "p50", "p90", "p99", "max"):
         table.add_column(col, justify="right")
     for key in ("chars", "words", "tokens"):
@@ -187,6 +189,9 @@ def _print_stats(res: dict[str, Any]) -> None:
     if "storyworld" in res:
         sw = res["storyworld"]
         console.print(f"storyworld: {sw['distinct']:,} distinct of {sw['draws']:,} draws, vocabulary {sw['vocabulary']:,}")
+        if isinstance(sw.get("world"), dict):
+            console.print("storyworld world_stats(): " + escape(", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sw["world"].items())))
 
 
 # -- compare ------------------------------------------------------------------------------------------
