@@ -75,3 +75,46 @@ def test_tfidf_keywords_hand_computed():
     assert [w for w, _ in kws] == ["dragon"]  # castle's difference is 0, river's negative
     assert kws[0][1] == pytest.approx(dragon, abs=1e-5)
     assert keywords([], ["x y"]) == []
+
+
+def _prefs(path):
+    import json
+
+    rows = [{"prompt": "story about a cat", "chosen": "The happy cat played in the sun all day long.", "rejected": "Cat."},
+            {"prompt": "story about a dog", "chosen": "The dog ran.", "rejected": "The dog ran and ran and ran to the river."},
+            {"prompt": "a story", "chosen": "Mia found her red ball by the tree.", "rejected": "Mia lost it."}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_run_scores_pairs_and_writes_outputs(tmp_path, monkeypatch):
+    """The command with a stub scorer (reward = number of words): files and numbers follow from it."""
+    import json
+
+    from lmlab.eval import reward_analysis
+    from lmlab.eval.reward_analysis import RewardAnalysisConfig, run
+
+    monkeypatch.setattr(reward_analysis, "load_scorer",
+                        lambda spec, **kw: lambda prompts, responses: [float(len(r.split())) for r in responses])
+    data = _prefs(tmp_path / "prefs.jsonl")
+    out = tmp_path / "ra"
+    m = run(RewardAnalysisConfig(model="stub", data=str(data), split="train", out=str(out), train_data=str(data)))
+    # chosen words 10, 3, 8; rejected 1, 10, 3 → wins, loss, win
+    assert m["accuracy"] == pytest.approx(2 / 3)
+    assert m["chosen_mean"] == pytest.approx(7.0) and m["rejected_mean"] == pytest.approx(14 / 3)
+    assert m["length_corr"] == pytest.approx(1.0)  # a pure length scorer is all length bias
+    assert m["longer_preferred"] == 1.0
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == pytest.approx(2 / 3)
+    rows = [json.loads(x) for x in (out / "scores.jsonl").read_text().splitlines()]
+    assert [(r["r_chosen"], r["r_rejected"]) for r in rows] == [(10.0, 1.0), (3.0, 10.0), (8.0, 3.0)]
+    for png in ("reward_hist.png", "reward_vs_length.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gold_judge_prefers_storyworld_chosen(tmp_path):
+    """model=gold: the storyworld judge ranks the generator's chosen responses above the rejected ones."""
+    from lmlab.eval.reward_analysis import RewardAnalysisConfig, run
+
+    m = run(RewardAnalysisConfig(model="gold", data="storyworld/prefs", limit=20, out=str(tmp_path / "g")))
+    assert m["pairs"] == 20 and m["accuracy"] >= 0.9
+    assert m["chosen_mean"] > m["rejected_mean"] and m["p_value"] < 0.01

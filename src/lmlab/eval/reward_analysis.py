@@ -300,17 +300,12 @@ def run(cfg: RewardAnalysisConfig) -> dict[str, Any]:
     return metrics
 
 
-def print_table(metrics: dict[str, Any]) -> None:
-    from rich.table import Table
+def print_table(metrics: dict[str, Any]) -> str:
+    """The headline numbers on stdout (the command's result); returns them as Markdown."""
+    from lmlab.eval.common import print_table as table
 
-    from lmlab.progress import console
-
-    table = Table(title=f"reward analysis: {metrics.get('model', '')}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in ("pairs", "accuracy", "chosen_mean", "rejected_mean", "chosen_std", "rejected_std", "t_stat", "p_value",
-                "length_corr", "chosen_words", "rejected_words", "longer_preferred", "chosen_fk_grade", "rejected_fk_grade"):
-        value = metrics.get(key)
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    table.add_row("favoured words", ", ".join(w for w, _ in metrics.get("keywords", [])[:10]))
-    console().print(table)
+    keys = ("pairs", "accuracy", "chosen_mean", "rejected_mean", "chosen_std", "rejected_std", "t_stat", "p_value",
+            "length_corr", "chosen_words", "rejected_words", "longer_preferred", "chosen_fk_grade", "rejected_fk_grade")
+    rows: list[list[Any]] = [[k, metrics.get(k)] for k in keys]
+    rows.append(["favoured words", ", ".join(w for w, _ in metrics.get("keywords", [])[:10])])
+    return table(f"reward analysis: {metrics.get('model', '')} on {metrics.get('data', '')}", ["metric", "value"], rows)
