@@ -108,3 +108,18 @@ def test_show_and_list(tmp_path, capsys):
     assert "q [x]" in out and "chosen" in out  # brackets in data are shown, not eaten as markup
     listed = list_datasets(DataListConfig())
     assert listed["storyworld/instruct"]["where"] == "built-in" and listed["imdb"]["kind"] == "labelled"
+
+
+def test_cli_rows_wire_positionals(tmp_path, capsys):
+    """`lmlab data compare A B out=DIR` and `lmlab tokenizer train ...` through the real CLI."""
+    from lmlab.cli import main
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("a a b")
+    b.write_text("a c")
+    assert main(["data", "compare", str(a), str(b), f"out={tmp_path / 'cmp'}", "--quiet"]) == 0
+    assert json.loads((tmp_path / "cmp" / "metrics.json").read_text())["oov_rate"] == 0.5
+    assert main(["data", "show", str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl: no such file" in capsys.readouterr().err
+    assert main(["tokenizer", "train", f"data={a}", "kind=char", "vocab_size=20", f"out={tmp_path / 'tok'}", "val_fraction=0"]) == 0
+    assert json.loads((tmp_path / "tok" / "metrics.json").read_text())["vocab_size"] == 5 + 3  # specials + 'a', ' ', 'b'

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lmlab.data import registry
-from lmlab.data.formats import ChatRecord, FeedbackRecord, LabelledRecord, PreferenceRecord
+from lmlab.data.formats import ChatRecord, FeedbackRecord, LabelledRecord, Message, PreferenceRecord
 from lmlab.data.loaders import load_records, load_rows, load_texts
 from lmlab.errors import DataError
 
@@ -171,3 +171,24 @@ def test_real_mirror_loads_with_expected_counts(monkeypatch):
     assert len(load_rows("mmlu", split="test")) == 14042
     poems = load_texts("chinese-poetry", limit=3)
     assert poems[0].startswith("帝京篇十首 一\n秦川雄帝宅")
+
+
+def test_hub_rows_go_through_the_same_normalisers(monkeypatch):
+    """No mirror: hh-rlhf comes from the hub; its whole-dialogue rows become preference records."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None):
+        calls.append((name, config, split))
+        return [{"chosen": "\n\nHuman: hi\n\nAssistant: hello!", "rejected": "\n\nHuman: hi\n\nAssistant: go away",
+                 "text": "hi"}]
+
+    monkeypatch.delenv(registry.ENV, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    recs = load_records("hh-rlhf", "preference")
+    assert calls == [("Anthropic/hh-rlhf", None, "train")]
+    assert recs == [PreferenceRecord([Message("user", "hi")], "hello!", "go away")]
+    # an unregistered 'owner/name:config' goes to the hub with its config and split
+    assert load_texts("someone/set:cfg", split="validation") == ["hi"]
+    assert calls[-1] == ("someone/set", "cfg", "validation")
