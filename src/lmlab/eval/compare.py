@@ -51,9 +51,10 @@ class CompareConfig:
     # decoding (same for every model)
     max_new_tokens: int = opt(128, "tokens generated per answer")
     temperature: float = opt(0.0, "sampling temperature; 0 = greedy")
-    top_k: int | None = opt(None, "sample from the k most likely tokens")
-    top_p: float | None = opt(None, "nucleus sampling: smallest set with this probability mass")
-    repetition_penalty: float = opt(1.0, "> 1 discourages repeating tokens (CTRL paper)")
+    top_k: int = opt(0, "sample only among the k most likely tokens (0 = off)")
+    top_p: float = opt(1.0, "nucleus sampling: smallest set of tokens with this much probability (1 = off)")
+    repetition_penalty: float = opt(1.0, "> 1 discourages repeating tokens (Keskar et al. 2019)")
+    beams: int = opt(1, "beam search width (1 = no beam search)")
     seed: int = opt(0, "sampling seed (the same for every model)")
     batch_size: int = opt(8, "prompts per generate / score call")
     max_length: int = opt(512, "tokens per prompt + answer given to a reward-model judge")
@@ -202,11 +203,8 @@ def generate_answers(spec: str, prompts: Sequence[Any], cfg: CompareConfig) -> l
     model, tokenizer = load(spec, device=cfg.device)
     texts = [render_prompt(tokenizer, p, template=cfg.template, system=cfg.system) for p in prompts]
     decoding = DecodingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                              top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty, seed=cfg.seed)
-    answers: list[str] = []
-    for i in range(0, len(texts), cfg.batch_size):
-        answers += [outs[0] for outs in generate(model, tokenizer, texts[i:i + cfg.batch_size], decoding)]
-    return answers
+                              top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty, beams=cfg.beams, seed=cfg.seed)
+    return [outs[0] for outs in generate(model, tokenizer, texts, decoding, batch_size=cfg.batch_size)]
 
 
 def ppl_table(specs: Sequence[str], labels: Sequence[str], cfg: CompareConfig) -> dict[str, Any]:
