@@ -26,17 +26,27 @@ def build_chat_model(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     return path
 
 
-def greedy_reply(model_dir: Path, prompt: str, max_new_tokens: int) -> str:
-    """The oracle: plain HF greedy `generate` on one prompt, stopping at the end-of-turn tokens."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class GreedyOracle:
+    """Plain HF greedy `generate` on one prompt at a time, stopping at the end-of-turn tokens:
+    what every batched, streamed or served reply must equal."""
 
-    from lmlab.templates import stop_token_ids
+    def __init__(self, model_dir: Path):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def reply(self, prompt: str, max_new_tokens: int) -> str:
+        import torch
+
+        from lmlab.templates import stop_token_ids
+
+        enc = self.tok(prompt, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, top_k=None,
+                                      top_p=None, temperature=None, eos_token_id=stop_token_ids(self.tok),
+                                      pad_token_id=self.tok.pad_token_id)
+        return self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)

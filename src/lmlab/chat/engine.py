@@ -48,7 +48,7 @@ class Completion:
 
 @dataclass
 class _Request:
-    prompt: str
+    ids: list[int]
     max_new_tokens: int
     sampling: tuple[Any, ...]
     stop: list[str]
@@ -76,20 +76,16 @@ class Handle:
         return self.completion
 
 
-def sampling_kwargs(cfg: Any) -> dict[str, Any]:
-    """HF `generate` sampling arguments for a DecodingConfig; temperature 0 means greedy."""
-    temperature = float(getattr(cfg, "temperature", 0.0) or 0.0)
-    kwargs: dict[str, Any] = {"repetition_penalty": float(getattr(cfg, "repetition_penalty", 1.0) or 1.0)}
-    if temperature <= 0:
-        kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-    else:
-        kwargs.update(
-            do_sample=True,
-            temperature=temperature,
-            top_k=int(getattr(cfg, "top_k", 0) or 0) or None,
-            top_p=float(getattr(cfg, "top_p", 1.0) or 1.0),
-        )
-    return kwargs
+def batch_key(model: Any, tokenizer: Any, cfg: Any) -> tuple[Any, ...]:
+    """The sampling settings a request shares with its batch: `lmlab.generate.generation_kwargs`
+    of its DecodingConfig, less what the engine handles per row (length, stop strings, end ids)."""
+    from lmlab.generate import DecodingConfig, check, generation_kwargs
+
+    single = check(DecodingConfig(**{**cfg.__dict__, "n": 1, "beams": 1, "stop": []}))
+    kwargs = generation_kwargs(model, tokenizer, single)
+    for key in ("max_new_tokens", "stop_strings", "tokenizer", "eos_token_id", "pad_token_id"):
+        kwargs.pop(key, None)
+    return tuple(sorted(kwargs.items()))
 
 
 class _RowTracker(StoppingCriteria):
@@ -192,15 +188,21 @@ class BatchEngine:
             self._thread.join(timeout=30)
             self._thread = None
 
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a prompt; bos is added only if the text does not already start with it
+        (a chat template writes its own), the rule `lmlab.generate` follows."""
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and text.startswith(bos))
+        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.encode(text))
 
     def submit(self, prompt: str, cfg: Any, *, on_delta: OnDelta | None = None, on_done: OnDone | None = None) -> Handle:
         """Queue `prompt` for generation with DecodingConfig `cfg`; returns at once."""
-        kw = sampling_kwargs(cfg)
-        sampling = tuple(sorted((k, v) for k, v in kw.items()))
-        stop = [s for s in (getattr(cfg, "stop", None) or []) if s]
-        req = _Request(prompt, int(cfg.max_new_tokens), sampling, stop, on_delta, None)
+        sampling = batch_key(self.model, self.tokenizer, cfg)
+        stop = [s for s in (cfg.stop or []) if s]
+        req = _Request(self.encode(prompt), int(cfg.max_new_tokens), sampling, stop, on_delta, None)
         handle = Handle(req)
 
         def done(result: Completion) -> None:
@@ -265,21 +267,18 @@ class BatchEngine:
     @torch.inference_mode()
     def _run(self, batch: list[_Request]) -> None:
         started = time.perf_counter()
-        tok = self.tokenizer
-        side = tok.padding_side
-        tok.padding_side = "left"  # decoder-only models continue from the right end of each row
-        try:
-            enc = tok([r.prompt for r in batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = side
         device = next(self.model.parameters()).device
-        enc = {k: v.to(device) for k, v in enc.items()}  # input_ids (B, T)
-        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-        tracker = _RowTracker(self, batch, enc["input_ids"].shape[1])
+        width = max(len(r.ids) for r in batch)
+        # left padding: decoder-only models continue from the right end of every row
+        ids = torch.tensor([[self.pad_id] * (width - len(r.ids)) + r.ids for r in batch], device=device)  # (B, T)
+        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in batch], device=device)  # (B, T)
+        prompt_tokens = [len(r.ids) for r in batch]
+        tracker = _RowTracker(self, batch, width)
         self.batches_run += 1
         self.largest_batch = max(self.largest_batch, len(batch))
         self.model.generate(
-            **enc,
+            input_ids=ids,
+            attention_mask=mask,
             **dict(batch[0].sampling),
             max_new_tokens=max(r.max_new_tokens for r in batch),
             stopping_criteria=StoppingCriteriaList([tracker]),

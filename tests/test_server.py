@@ -1,0 +1,258 @@
+"""`lmlab serve` as a real subprocess, answered through the official `openai` client.
+
+Greedy replies are compared with plain one-prompt-at-a-time HF `generate` (the oracle), so a
+batching, padding or streaming bug that changes a single token fails here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from chat_model import GreedyOracle, build_chat_model
+from lmlab.chat.engine import BatchEngine
+from lmlab.generate import DecodingConfig
+
+KEY = "sk-test"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return build_chat_model(tmp_path_factory.mktemp("chat_model"), tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def oracle(model_dir):
+    return GreedyOracle(model_dir)
+
+
+def start_server(args: list[str], timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """Start `lmlab ...` and wait for its 'listening on' line; returns (process, base url)."""
+    env = {**os.environ, "LMLAB_QUIET": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read()[-2000:]}") from None
+            continue
+        m = re.fullmatch(r"lmlab (?:serve|web): listening on (http://\S+)\n", line)
+        if m:
+            return proc, m.group(1)
+    proc.kill()
+    raise RuntimeError("server did not print its 'listening on' line in time")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    proc, url = start_server(["serve", str(model_dir), "port=0", f"api_key={KEY}", "name=tiny",
+                              "max_batch_size=8", "batch_wait_ms=50", "max_tokens_limit=64"])
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def test_listening_line_and_health(server):
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", server) and not server.endswith(":0")
+    assert httpx.get(server + "/health").json()["status"] == "ok"
+
+
+def test_models_and_chat_completion_equal_plain_generate(client, oracle):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the cat ran to the park"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    expected = oracle.reply(oracle.chat_prompt(messages), 12)
+    assert expected.strip()  # the check is not vacuous: the model says something
+    assert r.choices[0].message.content == expected and r.choices[0].message.role == "assistant"
+    prompt_tokens = len(oracle.tok(oracle.chat_prompt(messages), add_special_tokens=False)["input_ids"])
+    assert r.usage.prompt_tokens == prompt_tokens
+    assert r.usage.total_tokens == prompt_tokens + r.usage.completion_tokens
+    assert r.choices[0].finish_reason == ("length" if r.usage.completion_tokens == 12 else "stop")
+
+
+def test_streaming_chunks_concatenate_to_the_plain_reply(client, server, oracle):
+    messages = [{"role": "user", "content": "tell me about the dog"}]
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0,
+                                                 stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == oracle.reply(oracle.chat_prompt(messages), 12)
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert len({c.id for c in chunks}) == 1 and all(c.object == "chat.completion.chunk" for c in chunks)
+    raw = httpx.post(server + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                     json={"model": "tiny", "messages": messages, "max_tokens": 4, "stream": True}, timeout=60)
+    events = [e for e in raw.text.split("\n\n") if e]
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    assert all(e.startswith("data: ") for e in events) and events[-1] == "data: [DONE]"
+
+
+def test_text_completions_plain_and_streaming(client, oracle):
+    r = client.completions.create(model="tiny", prompt="the dog found", max_tokens=8, temperature=0)
+    expected = oracle.reply("the dog found", 8)
+    assert r.choices[0].text == expected and r.object == "text_completion"
+    streamed = client.completions.create(model="tiny", prompt="the dog found", max_tokens=8, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == expected
+
+
+def test_stop_string_cuts_the_reply(client, oracle):
+    full = oracle.reply("the cat", 16)
+    stop = full[3:5]
+    assert len(stop) == 2 and full.find(stop) >= 1
+    r = client.completions.create(model="tiny", prompt="the cat", max_tokens=16, temperature=0, stop=[stop])
+    assert r.choices[0].text == full[: full.find(stop)] and r.choices[0].finish_reason == "stop"
+
+
+BAD = {
+    "empty messages": ({"messages": []}, 400, "messages"),
+    "bad role": ({"messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role"),
+    "max_tokens 0": ({"max_tokens": 0}, 400, "max_tokens"),
+    "max_tokens over limit": ({"max_tokens": 65}, 400, "max_tokens"),
+    "temperature 5": ({"temperature": 5}, 400, "temperature"),
+    "temperature text": ({"temperature": "hot"}, 400, "temperature"),
+    "top_p 0": ({"top_p": 0}, 400, "top_p"),
+    "unknown model": ({"model": "gpt-4"}, 404, "model"),
+    "no model": ({"model": None}, 400, "model"),
+    "content not text": ({"messages": [{"role": "user", "content": 3}]}, 400, "messages[0].content"),
+    "stream not bool": ({"stream": "yes"}, 400, "stream"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_requests_get_openai_error_objects(server, case):
+    change, status, param = BAD[case]
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    r = httpx.post(server + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == status
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+
+
+def test_api_key_required_and_checked(server, client):
+    import openai
+
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(server + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(server + "/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    from openai import OpenAI
+
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0).models.list()
+    r = httpx.post(server + "/v1/chat/completions", content=b"{not json",
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    assert httpx.get(server + "/v1/nothing").json()["error"]["message"].startswith("GET /v1/nothing")
+
+
+def test_32_concurrent_requests_all_answered_correctly_in_batches(client, server, oracle):
+    before = httpx.get(server + "/health").json()["batches"]
+    questions = [f"question {i}: " + "the cat ran " * (i % 4) for i in range(32)]
+    answers: dict[int, str] = {}
+    errors: list[BaseException] = []
+
+    def ask(i: int) -> None:
+        try:
+            r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": questions[i]}],
+                                               max_tokens=10, temperature=0)
+            answers[i] = r.choices[0].message.content
+        except BaseException as exc:  # collected and reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and len(answers) == 32
+    for i, q in enumerate(questions):
+        assert answers[i] == oracle.reply(oracle.chat_prompt([{"role": "user", "content": q}]), 10), i
+    health = httpx.get(server + "/health").json()
+    assert health["largest_batch"] > 1 and health["batches"] - before < 32  # really batched
+
+
+def test_engine_rows_keep_their_own_budget_and_stop(oracle):
+    engine = BatchEngine(oracle.model, oracle.tok, max_batch_size=4, batch_wait_ms=200)
+    try:
+        prompts = ["the cat", "a dog ran to", "mia"]
+        full = [oracle.reply(p, 12) for p in prompts]
+        cfgs = [DecodingConfig(max_new_tokens=12, temperature=0), DecodingConfig(max_new_tokens=3, temperature=0),
+                DecodingConfig(max_new_tokens=12, temperature=0, stop=[full[2][4:6]])]
+        deltas: dict[int, list[str]] = {0: [], 1: [], 2: []}
+        handles = [engine.submit(p, c, on_delta=deltas[i].append) for i, (p, c) in enumerate(zip(prompts, cfgs, strict=True))]
+        results = [h.wait(120) for h in handles]
+        assert engine.batches_run == 1  # one generate call served all three
+        assert results[0].text == full[0]
+        assert results[1].text == oracle.reply(prompts[1], 3) and results[1].completion_tokens == 3
+        assert results[1].finish_reason == "length"
+        assert results[2].text == full[2][: full[2].find(full[2][4:6])] and results[2].finish_reason == "stop"
+        assert ["".join(deltas[i]) for i in range(3)] == [r.text for r in results]
+    finally:
+        engine.stop()
+
+
+def test_persona_and_rag_reach_the_prompt(model_dir, tmp_path):
+    """The served prompt carries the persona's system prompt and the retrieved reference block."""
+    from lmlab.chat.options import ChatKeys
+    from lmlab.chat.rag import IndexConfig, build_index
+    from lmlab.chat.server import ServeConfig, Server, create_app
+
+    (tmp_path / "vault.md").write_text("The Zorblax vault opens only with the password plumtree.")
+    build_index(IndexConfig(docs=[str(tmp_path / "vault.md")], out=str(tmp_path / "idx"), embedder="tfidf"))
+    seen: list[str] = []
+
+    class Recorder:
+        """Stands in for the engine: records the prompt, answers 'ok'."""
+
+        model = type("M", (), {"config": type("C", (), {"max_position_embeddings": 4096})()})()
+        tokenizer = GreedyOracle(model_dir).tok
+        batches_run = largest_batch = 0
+
+        def count_tokens(self, text: str) -> int:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        def submit(self, prompt, cfg, *, on_delta=None, on_done=None):
+            from lmlab.chat.engine import Completion
+
+            seen.append(prompt)
+            on_delta("ok")
+            on_done(Completion("ok", 1, 1, "stop"))
+            return type("H", (), {"cancel": lambda self: None})()
+
+    from fastapi.testclient import TestClient
+
+    from lmlab.chat.options import load_index, system_prompt
+
+    cfg = ServeConfig(model=str(model_dir), persona="pirate", rag=str(tmp_path / "idx"))
+    system, _ = system_prompt(cfg)
+    app = create_app(Server(Recorder(), cfg, model_name="tiny", system=system, index=load_index(cfg)))
+    with TestClient(app) as http:
+        r = http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+            {"role": "user", "content": "What is the password of the Zorblax vault?"}]})
+        assert r.status_code == 200, r.text
+        assert [s["source"].rsplit("/", 1)[-1] for s in r.json()["sources"]] == ["vault.md"]
+        assert "Captain Salt" in seen[0] and "Reference documents:" in seen[0] and "plumtree" in seen[0]
+        r = http.post("/v1/chat/completions", json={"model": "tiny", "messages": [
+            {"role": "system", "content": "You are terse."}, {"role": "user", "content": "How do I bake bread?"}]})
+        assert r.json()["sources"] == [] and "Captain Salt" not in seen[1] and "Reference documents" not in seen[1]
+    assert isinstance(cfg, ChatKeys) and json.loads(r.text)["choices"][0]["message"]["content"] == "ok"
