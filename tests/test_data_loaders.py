@@ -205,3 +205,17 @@ def test_unit_hash_is_stable_across_processes():
     out = subprocess.run([sys.executable, "-c", "from lmlab.data.split import unit_hash; print(repr(unit_hash('hello', 3)))"],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert float(out) == unit_hash("hello", 3)
+
+
+def test_byte_order_mark_and_non_utf8(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes("\ufefftext,label\nhi,1\n".encode())
+    assert load_records(p, "labelled") == [LabelledRecord("hi", "1")]
+    q = tmp_path / "gbk.jsonl"
+    q.write_bytes(b'{"text": "ok"}\n' + '{"text": "床前明月光"}\n'.encode("gbk"))
+    with pytest.raises(DataError, match=r"gbk.jsonl: not UTF-8 text .*iconv"):
+        load_texts(q)
+    bad = tmp_path / "broken.jsonl.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"broken.jsonl.gz: cannot read"):
+        load_texts(bad)

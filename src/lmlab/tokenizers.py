@@ -72,8 +72,6 @@ def _char(texts: Iterable[str], vocab_size: int) -> tuple[Any, int]:
     counts: Counter[str] = Counter()
     for text in texts:
         counts.update(text)
-    for special in SPECIALS:  # their characters still count, but the specials are whole tokens
-        counts.pop(special, None)
     room = vocab_size - len(SPECIALS)
     if room < 1:
         raise ConfigError(f"vocab_size={vocab_size} must exceed the {len(SPECIALS)} special tokens")

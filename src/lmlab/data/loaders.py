@@ -49,7 +49,19 @@ def file_format(path: Path) -> tuple[str, bool]:
 
 
 def _open_text(path: Path, gz: bool) -> io.TextIOBase:
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if gz else open(path, encoding="utf-8", newline="")
+    # utf-8-sig: a byte-order mark (Excel's CSV export) would otherwise stick to the first field name
+    enc = "utf-8-sig"
+    return gzip.open(path, "rt", encoding=enc, newline="") if gz else open(path, encoding=enc, newline="")
+
+
+def _guard(path: Path, rows: Iterator[Row]) -> Iterator[Row]:
+    """Turn decoding and I/O failures in the middle of a file into DataErrors that name it."""
+    try:
+        yield from rows
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); convert it, e.g. `iconv -f GBK -t UTF-8`") from None
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read: {exc}") from None
 
 
 def _read_text(path: Path, gz: bool) -> str:
@@ -176,17 +188,18 @@ def read_rows(path: str | Path, *, split: str = "train", text_unit: str = "parag
         return
     suffix, gz = file_format(path)
     if suffix == ".txt":
-        yield from read_txt(path, gz, text_unit)
+        rows = read_txt(path, gz, text_unit)
     elif suffix == ".jsonl":
-        yield from read_jsonl(path, gz)
+        rows = read_jsonl(path, gz)
     elif suffix == ".json":
-        yield from read_json(path, gz, split)
+        rows = read_json(path, gz, split)
     elif suffix in (".csv", ".tsv"):
-        yield from read_csv(path, gz, "," if suffix == ".csv" else "\t")
+        rows = read_csv(path, gz, "," if suffix == ".csv" else "\t")
     else:
         if gz:
             raise DataError(f"{path}: gzipped parquet is not supported; parquet is already compressed")
-        yield from read_parquet(path)
+        rows = read_parquet(path)
+    yield from _guard(path, rows)
 
 
 # -- hub --------------------------------------------------------------------------------------------
