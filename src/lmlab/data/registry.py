@@ -48,7 +48,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
              "validation": "tinystories/TinyStoriesV2-GPT4-valid.part1.txt"}, hub="roneneldan/TinyStories"),
     Dataset("ptb", "text", "Penn Treebank (Mikolov preprocessing), one sentence a line. The mirror has no train "
             "split (validation and test only)",
-            {"validation": "ptb/ptb.valid.txt", "test": "ptb/ptb.test.txt"}, hub="ptb_text_only", text_unit="line"),
+            {"validation": "ptb/ptb.valid.txt", "test": "ptb/ptb.test.txt"}, hub="ptb_text_only", text_unit="line",
+            columns={"text": "sentence"}),  # the hub copy's field; mirror lines are already {text}
     Dataset("wikitext2", "text", "WikiText-2 (tokenized, <unk>), one paragraph a line. The mirror has no train split",
             {"validation": "wikitext-2/valid.txt", "test": "wikitext-2/test.txt"},
             hub="Salesforce/wikitext:wikitext-2-v1", text_unit="line"),
