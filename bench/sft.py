@@ -31,7 +31,7 @@ from typing import Any
 
 DEFAULTS: dict[str, Any] = {"steps": 40, "warmup": 5, "batch_size": 8, "max_length": 256, "n": 2000, "hidden": 256,
                             "layers": 4, "vocab_size": 2048, "lr": 3e-4, "seed": 0}
-ARMS = ("lmlab_packed", "lmlab_padded", "trl_padded", "trl_packed")
+ARMS = ("lmlab_packed", "lmlab_padded", "trl_padded", "trl_packed", "trl_defaults")
 
 
 # -- shared setup (parent) -------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def run_lmlab(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
     return meter.report(opts["warmup"])
 
 
-def run_trl(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
+def run_trl(root: Path, opts: dict[str, Any], packed: bool, checkpointing: bool = False) -> dict[str, Any]:
     import datasets
     import torch
     from trl import SFTConfig, SFTTrainer
@@ -161,6 +161,7 @@ def run_trl(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
         weight_decay=0.0, max_grad_norm=1.0, logging_steps=10**9, save_strategy="no", report_to=[],
         packing=packed, seed=opts["seed"], dataloader_num_workers=0, bf16=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        gradient_checkpointing=checkpointing,  # TRL's own default is True; lmlab's is False
     )
     SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok).train()
     return meter.report(opts["warmup"])
@@ -168,9 +169,10 @@ def run_trl(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
 
 def child(arm: str, root: Path, opts: dict[str, Any]) -> None:
     os.environ.setdefault("LMLAB_QUIET", "1")
-    fn = {"lmlab_packed": (run_lmlab, True), "lmlab_padded": (run_lmlab, False),
-          "trl_padded": (run_trl, False), "trl_packed": (run_trl, True)}[arm]
-    print("RESULT " + json.dumps(fn[0](root, opts, fn[1])))
+    runs = {"lmlab_packed": lambda: run_lmlab(root, opts, True), "lmlab_padded": lambda: run_lmlab(root, opts, False),
+            "trl_padded": lambda: run_trl(root, opts, False), "trl_packed": lambda: run_trl(root, opts, True),
+            "trl_defaults": lambda: run_trl(root, opts, False, checkpointing=True)}
+    print("RESULT " + json.dumps(runs[arm]()))
 
 
 # -- driver ----------------------------------------------------------------------------------------

@@ -153,11 +153,16 @@ def test_packed_training_equals_padded_training(tiny_qwen2_dir, chat_file, tmp_p
 
 
 def test_memorises_tiny_set(tiny_qwen2_dir, chat_file, tmp_path):
-    c = cfg(tiny_qwen2_dir, chat_file, tmp_path / "mem", batch_size=6, max_steps=60, lr=1e-2)
-    run_sft(c)
+    c = cfg(tiny_qwen2_dir, chat_file, tmp_path / "mem", batch_size=6, max_steps=80, lr=1e-2,
+            samples=["the cat ran", "the dog said"])
+    result, _ = run_sft(c)
     rows = [r for r in read_jsonl(tmp_path / "mem" / "metrics.jsonl") if r.get("split") == "train"]
     assert rows[0]["loss"] > 4.0  # ~ln(V) for a random model
-    assert rows[-1]["loss"] < 0.25 * rows[0]["loss"]  # response loss driven towards memorised
+    assert rows[-1]["loss"] < 0.05 * rows[0]["loss"]  # response loss driven to (near) memorised
+    # greedy replies to chat-rendered prompts reproduce the trained replies, and stop at <|im_end|>
+    samples = read_jsonl(tmp_path / "mem" / "samples.jsonl")
+    assert [s["response"].strip() for s in samples] == ["tom found a red ball", "mia went to the park"]
+    assert result.metrics["samples"] == samples
 
 
 def test_truncation_stats_in_result(tiny_qwen2_dir, chat_file, tmp_path):
@@ -179,3 +184,46 @@ def test_truncation_stats_in_result(tiny_qwen2_dir, chat_file, tmp_path):
     assert trunc["dropped_examples"] == 0
     saved = json.loads((tmp_path / "trunc" / "result.json").read_text())
     assert saved["truncation"] == trunc
+
+
+def test_ablation_grid_table(tiny_qwen2_dir, chat_file, tmp_path):
+    import math
+
+    from lmlab.config import build
+    from lmlab.train.ablation import AblationConfig
+    from lmlab.train.ablation import run as ablate
+
+    keys = dict(model=str(tiny_qwen2_dir), data=str(chat_file), out=str(tmp_path / "abl"), val_fraction=0.3,
+                batch_size=2, lr=3e-3, device="cpu", max_length=64, keep_best=False,
+                grid={"epochs": [1, 2], "data_fraction": [0.5, 1.0]}, samples=["the cat ran"], max_new_tokens=4)
+    summary = ablate(build(AblationConfig, keys))
+    rows = summary["rows"]
+    assert [(r["epochs"], r["data_fraction"]) for r in rows] == [(1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0)]
+    n_train = rows[1]["train_examples"]
+    for r in rows:
+        want_train = math.ceil(r["data_fraction"] * n_train)
+        assert r["train_examples"] == want_train  # nested subsets of one training split
+        assert r["steps"] == math.ceil(r["epochs"] * math.ceil(want_train / 2))
+        assert r["val_ppl"] == pytest.approx(math.exp(r["val_loss"]))
+        assert isinstance(r["sample"], str)
+    val_counts = {json.loads((tmp_path / "abl" / name / "result.json").read_text())["val_examples"]
+                  for name in ("epochs1_data_fraction0.5", "epochs2_data_fraction1.0")}
+    assert len(val_counts) == 1  # every cell is scored on the same held-out set
+    table = (tmp_path / "abl" / "table.md").read_text().splitlines()
+    assert sum(1 for line in table if line.startswith("| ") and "epochs" not in line) == 4
+    import csv
+
+    with open(tmp_path / "abl" / "table.csv", newline="") as fh:
+        assert [float(r["val_ppl"]) for r in csv.DictReader(fh)] == pytest.approx([r["val_ppl"] for r in rows])
+    assert json.loads((tmp_path / "abl" / "metrics.json").read_text())["rows"] == rows
+
+
+def test_ablation_rejects_bad_grid(tiny_qwen2_dir):
+    from lmlab.config import build
+    from lmlab.errors import ConfigError
+    from lmlab.train.ablation import AblationConfig
+
+    with pytest.raises(ConfigError, match="unknown SFT key 'epoch'; did you mean 'epochs'"):
+        build(AblationConfig, {"model": str(tiny_qwen2_dir), "grid": {"epoch": [1, 2]}})
+    with pytest.raises(ConfigError, match="max_steps is set"):
+        build(AblationConfig, {"model": str(tiny_qwen2_dir), "grid": {"epochs": [1, 2]}, "max_steps": 5})

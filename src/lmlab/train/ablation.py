@@ -95,7 +95,7 @@ def held_out_prompts(cfg: SFTConfig, n: int) -> list[str]:
 def judge_rate(run_dir: Path, cfg: SFTConfig, prompts: list[str], max_new_tokens: int) -> float:
     """Mean gold-judge constraint rate of greedy replies from run_dir/final."""
     from lmlab.data.chat import render_prompt
-    from lmlab.data.storyworld import judge
+    from lmlab.data.storyworld.judge import judge
     from lmlab.generate import DecodingConfig, generate
     from lmlab.models.load import load_model
 
