@@ -206,8 +206,6 @@ def test_config_rejects_stride_not_below_window():
 
 
 def test_cli_two_sets_two_models(tmp_path, tiny_qwen2_dir, monkeypatch, capsys):
-    pytest.importorskip("lmlab.models.load")
-    pytest.importorskip("lmlab.data.loaders")
     from lmlab.cli import main
 
     (tmp_path / "stories.txt").write_text("the cat ran to the park.\n\nmia found a red ball.\n")

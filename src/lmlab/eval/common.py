@@ -10,8 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lmlab.errors import ConfigError
-
 
 def split_list(value: str | Sequence[str] | None) -> list[str]:
     """`"a,b"` or `["a", "b"]` → `["a", "b"]` (blank items dropped)."""
@@ -41,39 +39,14 @@ def model_labels(specs: Sequence[str]) -> list[str]:
     return list(specs)
 
 
-def resolve_device(device: str) -> str:
-    """`auto` → cuda when available, else mps, else cpu."""
-    if device != "auto":
-        return device
-    import torch
+def load(spec: str, *, device: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode through `lmlab.models.load_model`; an encoder-decoder
+    checkpoint comes back as a seq2seq model (check `model.config.is_encoder_decoder`)."""
+    from lmlab.models.load import load_model
 
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def load(spec: str, *, device: str, trust_remote_code: bool = False, kind: str = "causal-lm") -> tuple[Any, Any]:
-    """Load one model for evaluation (eval mode, on `device`) through `lmlab.models.load_model`."""
-    from lmlab.models import load_model
-
-    model, tokenizer = load_model(spec, kind=kind, trust_remote_code=trust_remote_code, device=resolve_device(device))
+    model, tokenizer = load_model(spec, device=device, trust_remote_code=trust_remote_code)
     model.eval()
     return model, tokenizer
-
-
-def model_kind(spec: str) -> str:
-    """`seq2seq` for encoder-decoder checkpoints, else `causal-lm` (read from the config only)."""
-    path = Path(spec)
-    if (path / "final" / "config.json").exists():
-        path = path / "final"
-    if not (path / "config.json").exists():
-        return "causal-lm"
-    import json
-
-    cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    return "seq2seq" if cfg.get("is_encoder_decoder") else "causal-lm"
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -100,10 +73,8 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]
         table.add_column(str(name), justify="left" if i == 0 else "right")
     for row in rows:
         table.add_row(*(fmt(c) for c in row))
-    Console().print(table)
+    import sys
+
+    # piped to a file or a log, rich would wrap at 80 columns and split the numbers across lines
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
     return f"### {title}\n\n" + markdown_table(header, rows)
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)

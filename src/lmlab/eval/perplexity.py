@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lmlab.config import opt
-from lmlab.eval.common import load, model_kind, model_labels, print_table, split_list
+from lmlab.eval.common import load, model_labels, print_table, split_list
 from lmlab.progress import log, progress_bar
 
 
@@ -269,9 +269,9 @@ def run(cfg: PerplexityConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     sets: dict[str, list[Any]] = {}
     for spec, label in zip(specs, labels, strict=True):
-        kind = model_kind(spec)
-        sets = _load_sets(cfg, kind)  # loaded per model: a seq2seq model reads pairs, not texts
-        model, tokenizer = load(spec, device=cfg.device, trust_remote_code=cfg.trust_remote_code, kind=kind)
+        model, tokenizer = load(spec, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
+        kind = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "causal-lm"
+        sets = _load_sets(cfg, kind)  # per model: a seq2seq model reads (source, target) pairs, not texts
         max_length = cfg.max_length or context_length(model)
         stride = cfg.stride or max(1, max_length // 2)
         if stride >= max_length:
