@@ -98,3 +98,38 @@ def test_misaligned_files_name_both(tmp_path, capsys):
     assert "h.txt has 2 lines" in err and "r.txt has 1" in err
     assert main(["eval", "gen", f"hyps={tmp_path / 'h.txt'}"]) == 2
     assert "hyps= needs refs=" in capsys.readouterr().err
+
+
+def test_generate_then_score_equals_scoring_the_generations(tmp_path, tiny_qwen2_dir):
+    from lmlab.cli import main
+    from lmlab.generate import DecodingConfig, generate
+    from lmlab.models.load import load_model
+
+    (tmp_path / "p.txt").write_text("the cat\nmia found\n")
+    (tmp_path / "r.txt").write_text("the cat ran to the park.\nmia found a red ball.\n")
+    out = tmp_path / "gen"
+    rc = main(["eval", "gen", f"model={tiny_qwen2_dir}", f"prompts={tmp_path / 'p.txt'}", f"refs={tmp_path / 'r.txt'}",
+               "max_new_tokens=6", f"out={out}"])
+    assert rc == 0
+    model, tok = load_model(str(tiny_qwen2_dir), device="cpu")
+    hyps = [o[0].strip() for o in generate(model, tok, ["the cat", "mia found"], DecodingConfig(max_new_tokens=6, temperature=0))]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["hyp"] for s in samples] == hyps and [s["prompt"] for s in samples] == ["the cat", "mia found"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bleu"] == pytest.approx(text_metrics(hyps, ["the cat ran to the park.", "mia found a red ball."])[0]["bleu"])
+
+
+def test_chat_dataset_prompts_use_the_template_and_their_responses(tmp_path, tiny_qwen2_dir):
+    from lmlab.cli import main
+
+    out = tmp_path / "gen"
+    assert main(["eval", "gen", f"model={tiny_qwen2_dir}", "prompts=storyworld/instruct", "limit=2",
+                 "max_new_tokens=4", f"out={out}"]) == 0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2
+    assert all(s["prompt"].startswith("<|im_start|>") and s["prompt"].endswith("<|im_start|>assistant\n") for s in samples)
+    from lmlab.data.loaders import load_records
+
+    records = load_records("storyworld/instruct", "chat", split="test", limit=2)
+    assert [s["ref"] for s in samples] == [r.messages[-1].content for r in records]  # its responses are the refs
+    assert records[0].messages[0].content in samples[0]["prompt"]
