@@ -84,6 +84,8 @@ def test_every_story_names_only_its_own_character_place_and_object():
         places = {p for p in vocab.PLACES if re.search(rf"\b{re.escape(p)}\b", s.text)}
         objects = {o for o in vocab.OBJECTS if re.search(rf"\b{o}s?\b", s.text)}
         assert places == {s.place} and objects == {s.object}, s.text
+        kinds = {k for k in vocab.KINDS if re.search(rf"\b{k}s?\b", s.text)}
+        assert kinds <= {s.main.kind} | {o.kind for o in s.others}, s.text
 
 
 def test_pronouns_agree_with_the_main_character():

@@ -40,6 +40,12 @@ OPENINGS: tuple[tuple[str, ...], ...] = (
     ("On a {weather} [morning|afternoon], {Name} the {kind} [went|walked] to the {place}.",),
     ("There once was a {desc} {kind} named {Name}.",
      "{He} [liked|loved] to visit the {place} on {weather} days."),
+    ("Not long ago, a {desc} {kind} called {Name} [lived|had a home] near the {place}.",
+     "The [morning|day] was {weather} and [quiet|still|full of birdsong]."),
+    ("The [morning|day] was {weather} when {Name}, a {desc} {kind}, [arrived at|came to|wandered into] the {place}.",),
+    ("{Name} the {kind} woke up early on a {weather} [morning|day] and [skipped|hurried|marched] off to the {place}.",),
+    ("In a [cozy|tiny|bright] home near the {place} lived a {desc} {kind} named {Name}.",
+     "[That|One] {weather} [morning|afternoon], {he} [went out|stepped outside] to explore."),
 )
 
 ARCS: tuple[Arc, ...] = (
@@ -253,4 +259,90 @@ ARCS: tuple[Arc, ...] = (
     ), summary=("{Name} planted a seed and learned to be patient until it grew.",
                 "{Name} planted a seed, but it never grew."),
        titles=("The Little Seed", "{Name} Waits", "Is It Growing Yet?")),
+
+    Arc("bedtime", "helper", (
+        ("That night, {Name} could not fall asleep, so {he} held {his} {color} {obj} [tight|close].",),
+        ("The room was [dark|quiet|very still], and the wind made [odd|spooky|funny] sounds.",),
+        ("?", "{He} [tiptoed|crept] to the window and looked at the [stars|moon].", "{He} counted stars but was still wide awake."),
+        ("{His} {helper} came in and [sang|hummed] a [soft|gentle] song.",),
+    ), happy=(
+        ("{Name} yawned, closed {his} eyes and fell asleep with a smile.",),
+        ("{He} snuggled under the covers.", "Soon {he} was asleep and had happy dreams."),
+    ), sad=(
+        ("But {Name} stayed awake all night.", "In the morning {he} was tired and grumpy and cried."),
+        ("A loud storm kept {him} awake, and {Name} cried under the covers.",),
+    ), summary=("{Name} could not sleep until {his} {helper} sang a song.",
+                "{Name} could not sleep all night."),
+       titles=("Time for Bed, {Name}", "The Sleepless Night", "{Name} and the Moon")),
+
+    Arc("picnic", "helper", (
+        ("{Name} and {his} {helper} [spread out|laid down] a cloth for a picnic, with {snack} and a {color} {obj}.",),
+        ("They [ate|shared] {snack} and [watched|looked at] {sight}.",),
+        ("?", "A [cheeky|hungry] ant [crawled|marched] over the cloth.", "The breeze [tugged|pulled] at the corners of the cloth."),
+    ), happy=(
+        ("After lunch, they lay in the [grass|sunshine] and [laughed|giggled] together.",),
+        ("It was the best picnic ever, and {Name} hugged {his} {helper}.",),
+    ), sad=(
+        ("Then a strong gust blew the food into the dirt, and they had nothing left to eat.", "{Name} [frowned|sighed] and went home sad."),
+        ("Ants got into all the food, and {Name} was upset.",),
+    ), summary=("{Name} had a lovely picnic {at} the {place} with {his} {helper}.",
+                "{Name}'s picnic {at} the {place} was spoiled."),
+       titles=("The Picnic", "A Picnic {At} the {Place}", "Lunch with {Helper}")),
+
+    Arc("birthday", "friend", (
+        ("It was {Name}'s birthday, and {he} [wore|carried] {his} {color} {obj} [all day|proudly].",),
+        ("{He} [invited|asked] {his} friend {Friend}, a {fdesc} {fkind}, to [the party|come and play].",),
+        ("?", "They hung paper chains and [sang the birthday song|played musical chairs].", "They [wrapped|tied] [paper|string] around the chairs."),
+        ("\"Happy birthday!\" [sang|shouted] {Friend}.",),
+    ), happy=(
+        ("They shared {snack} and played games until the sun went down.", "{Name} said it was the best birthday ever."),
+        ("{Name} made a wish and laughed with {his} friend.",),
+    ), sad=(
+        ("But {Friend} [fell ill|got a bad tummy ache] and had to go home early.", "{Name} sat by the window, feeling lonely on {his} birthday."),
+        ("The party ended early, and {Name} cried.",),
+    ), summary=("{Name} had a birthday party with {Friend}.",
+                "{Name}'s birthday party with {Friend} ended badly."),
+       titles=("{Name}'s Birthday", "The Party", "A Birthday Wish")),
+
+    Arc("tidy", "helper", (
+        ("{Name} had [toys|things] everywhere, and {his} {color} {obj} was [buried|hidden] under the mess.",),
+        ("\"Please tidy up,\" said {his} {helper}.",),
+        ("{Name} [grumbled|groaned] but started to [pick things up|put things away].", "{Name} said, \"I will do it later.\""),
+    ), happy=(
+        ("Soon everything was neat, and {he} found {his} {obj} at the bottom of the pile.", "{Name} smiled and said tidying was fun after all."),
+        ("{His} {helper} helped, and they finished together, laughing.",),
+    ), sad=(
+        ("{Name} never tidied, and the {obj} got stepped on and broken.", "{He} cried over the pieces."),
+        ("{Name} could not find anything in the mess and felt upset.",),
+    ), summary=("{Name} tidied up and found {his} {color} {obj}.",
+                "{Name} did not tidy up, and {his} {color} {obj} was spoiled."),
+       titles=("Tidy Up, {Name}", "The Big Mess", "Under the Pile")),
+
+    Arc("snowman", "helper", (
+        ("{Name} [wrapped|bundled] up warm and took {his} {color} {obj} outside.",),
+        ("Together with {his} {helper}, {he} [rolled|pushed] a [big|huge] snowball.",),
+        ("?", "They used the {obj} to [decorate|finish] the snowman.", "They gave the snowman [two stone eyes|a twig nose|a crooked smile]."),
+    ), happy=(
+        ("The snowman looked [so funny|just right], and {Name} laughed and clapped.",),
+        ("They drank cocoa by the fire, proud of their snowman.",),
+    ), sad=(
+        ("The sun came out and the snowman melted into a puddle.", "{Name} looked at it and felt sad."),
+        ("A gust of wind knocked the snowman over, and {Name} cried.",),
+    ), summary=("{Name} built a snowman with {his} {helper} {at} the {place}.",
+                "{Name} built a snowman, but it did not last."),
+       titles=("The Snowman", "{Name} and the Snowman", "A Snowy Day"), weather="snowy"),
+
+    Arc("kindness", "friend", (
+        ("{Name} was [walking|skipping] along with {his} {color} {obj} when {he} saw {Friend}, a {fdesc} {fkind}.",),
+        ("{Friend} looked [hungry|tired and hungry|very thin] and had nothing to eat.",),
+        ("?", "{Name} [remembered|thought about] the {snack} in {his} pocket.", "{Name}'s tummy rumbled too, but {he} stopped."),
+    ), happy=(
+        ("{Name} shared {snack} with {Friend}.", "{Friend} [smiled|laughed], and they became good friends."),
+        ("{Name} gave {Friend} {snack}, and they ate together happily.",),
+    ), sad=(
+        ("{Name} walked past without [stopping|a word].", "Later {he} thought about {Friend} and felt sad."),
+        ("By the time {Name} came back with food, {Friend} was gone, and {Name} felt sad.",),
+    ), summary=("{Name} shared food with a hungry {fkind} named {Friend}.",
+                "{Name} did not help a hungry {fkind} named {Friend}."),
+       titles=("A Kind Heart", "{Name} Shares", "Food for {Friend}")),
 )

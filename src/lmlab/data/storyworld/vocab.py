@@ -22,7 +22,10 @@ Selma Thea Uma Vivian Willa Yuki Zelda Alma Bella Cora Daria Edith Flora Gwen Hi
 Livia Marta Nova Priya Rina Sana Tilly Una Vicky Wanda Yasmin Zoey Aisha Bianca Celia Dora Eva
 Fatima Gloria Helen Ines Josie Maria Noor Petra Rosie Stella Talia Ursula Valeria Amara Beatrix
 Cleo Delia Elena Frida Hana Ida Juno Kaya Leila Mabel Nia Orla Saskia Tove Vida Yvonne Agnes Bonnie
-Cecile Dolly Esme Fern Hattie Imogen Janet Lottie Minnie Odette Philippa Sylvie Trudy
+Cecile Dolly Esme Fern Hattie Imogen Janet Lottie Minnie Odette Philippa Sylvie Trudy Adele Brenda Carmen
+Dahlia Elise Fleur Georgia Harriet Isabel Jasmine Katya Louisa Martha Nadine Octavia Penny Rebecca Sabrina
+Tamara Ulla Veronica Winnie Zinnia Annika Bettina Chiara Dagny Eloise Gabriela Helga Irene Jocelyn Kirsten
+Liesel Marisol Nanette
 """)
 
 BOY_NAMES = _words("""
@@ -34,7 +37,10 @@ Wade Yuri Arlo Boris Cody Dylan Emil Ezra Gus Hank Ian Joel Kai Lenny Mateo Ned 
 Seth Tariq Vito Wes Abe Benny Caleb Dario Elias Ferris Gideon Hamid Ibrahim Jasper Kenji Luca
 Malik Nico Orson Percy Rory Silas Tobias Viktor Willy Yosef Zeke Andre Cyrus Dmitri Enzo Fabio
 Hector Jude Kofi Lionel Moses Nils Oliver Quentin Reuben Sami Tristan Vern Wyatt Anton Bram Colin
-Desmond Emmett Flynn Gordon Harvey Jonas Kurt Leon Magnus Nolan Ross Sidney Ted Alfie Bertie
+Desmond Emmett Flynn Gordon Harvey Jonas Kurt Leon Magnus Nolan Ross Sidney Ted Alfie Bertie Ambrose
+Barnaby Cedric Dominic Edmund Fergus Gilbert Horace Ignatius Jerome Kendrick Lorenzo Maxwell Neville Osgood
+Phineas Rupert Sebastian Thaddeus Ulysses Vaughn Winston Alastair Benedict Clement Declan Everett Franklin
+Gregor Humphrey Ingmar Jethro Lucian Mortimer
 """)
 
 NAMES = GIRL_NAMES + BOY_NAMES
@@ -42,16 +48,18 @@ NAMES = GIRL_NAMES + BOY_NAMES
 # kind -> gender it forces ("f", "m") or "" (any). Animals and roles take the name's gender.
 PEOPLE = {"girl": "f", "boy": "m", "princess": "f", "prince": "m", "queen": "f", "king": "m"}
 ROLES = _words("""farmer baker teacher doctor painter pilot sailor dragon robot fairy knight wizard giant elf
-pirate clown gardener""")
-BIRDS = _words("bird duck owl hen goose penguin robin parrot chick swan")
+pirate clown gardener nurse chef astronaut inventor magician singer dancer explorer librarian shepherd
+sculptor builder""")
+BIRDS = _words("bird duck owl hen goose penguin robin parrot chick swan puffin flamingo peacock sparrow pelican stork")
 ANIMALS = _words("""dog cat rabbit bunny fox bear mouse frog pig cow horse sheep goat lion tiger elephant
 monkey panda turtle squirrel deer hedgehog puppy kitten koala zebra giraffe hippo dolphin seal otter
-beaver raccoon badger mole bee ladybug snail lamb pony donkey camel kangaroo wolf crab""")
+beaver raccoon badger mole bee ladybug snail lamb pony donkey camel kangaroo wolf crab hamster lizard
+moose octopus llama chipmunk ferret gorilla rhino cheetah leopard walrus""")
 KINDS = list(PEOPLE) + ROLES + BIRDS + ANIMALS
 
 # How a kind is described ("a little girl", "a kind farmer").
-YOUNG_ADJ = _words("little small young curious brave cheerful clever gentle playful tiny")
-GROWN_ADJ = _words("kind friendly busy cheerful clever gentle wise young brave jolly")
+YOUNG_ADJ = _words("little small young curious brave cheerful clever gentle playful tiny shy clumsy fluffy quick bright-eyed")
+GROWN_ADJ = _words("kind friendly busy cheerful clever gentle wise young brave jolly patient tall humble sleepy")
 
 # place -> preposition used for "being there" ("on the farm"); one word or a fixed phrase.
 PLACES = {
@@ -64,6 +72,8 @@ PLACES = {
     "seaside": "at", "campsite": "at", "lighthouse": "at", "candy shop": "at", "field": "in",
     "pet shop": "at", "ice rink": "at", "swimming pool": "at", "playroom": "in", "treehouse": "in",
     "attic": "in", "city square": "in", "fairground": "at", "snow fort": "in", "sandbox": "in",
+    "windmill": "by", "greenhouse": "in", "bridge": "by", "bus stop": "at", "post office": "at", "rooftop": "on",
+    "porch": "on", "tide pool": "by", "ice cream shop": "at", "bookshop": "at", "cornfield": "in",
 }
 
 OBJECTS = _words("""ball kite doll hat scarf balloon book drum boat truck bike wagon shovel bucket umbrella
@@ -71,7 +81,9 @@ blanket pillow cup bowl spoon basket backpack shell feather pebble acorn ribbon 
 brush map key lamp clock bell whistle flute guitar puzzle marble sock mitten boot shoe jacket cape
 crown necklace bracelet sticker notebook wand sled rope ladder net jar bottle apple cookie cake
 carrot bone flag tent camera mirror comb trumpet violin scooter skateboard helmet glove candle
-lantern teapot kettle pinwheel yoyo rocket car whistle""")
+lantern teapot kettle pinwheel yoyo rocket car whistle compass telescope harmonica tambourine xylophone
+puppet rattle frisbee seashell medal trophy badge locket sweater raincoat wheelbarrow teacup magnet lunchbox
+envelope postcard kaleidoscope""")
 OBJECTS = list(dict.fromkeys(OBJECTS))  # keep order, drop the accidental duplicate
 
 COLORS = _words("red blue green yellow pink purple orange brown white black golden silver")
@@ -113,20 +125,30 @@ ACTIVITIES = [
     "played hide and seek", "made a daisy chain", "rolled down the grass", "jumped over puddles",
     "told funny stories", "danced in a circle", "chased the butterflies", "looked at the tall trees",
     "built a little house of leaves", "made music with sticks", "hunted for pretty stones",
+    "played leapfrog", "spun around until everything was dizzy", "balanced on a log", "blew dandelion seeds",
+    "drew pictures with chalk", "played follow the leader", "looked for four-leaf clovers", "hummed a tune",
+    "practiced cartwheels", "made mud pies", "climbed a little tree", "waved at passing clouds",
 ]
 SNACKS = [
     "a sandwich", "some berries", "warm soup", "a peach", "some grapes", "a muffin", "honey bread",
     "a pear", "some cheese", "a bun", "some nuts", "a plum", "some crackers", "a banana", "some toast",
+    "some porridge", "some cherries", "a slice of melon", "a pancake", "some popcorn", "a pretzel",
+    "some raisins", "a corn cob", "a jam tart", "some oat biscuits", "a boiled egg", "a glass of milk",
 ]
 SPOTS = [
     "under a bench", "behind a big rock", "in the tall grass", "next to an old log", "under a pile of leaves",
     "behind a bush", "near a puddle", "under a wooden table", "beside a fence", "in a patch of weeds",
     "under a soft cushion", "behind a flower pot", "next to a water tap", "on top of a wall",
+    "inside a hollow stump", "beneath a wooden bench", "among the daisies", "under a cart", "by the gate",
+    "in a clump of moss", "behind the shed", "under a heap of straw",
 ]
 SIGHTS = [
     "a rainbow", "a shiny beetle", "a tall sunflower", "a line of ants", "a cloud shaped like a whale",
     "a wriggly worm", "a sparkly stone", "a busy spider", "a fluffy cloud shaped like a heart",
     "a tiny nest", "a bright butterfly", "a big round puddle", "a funny shadow", "a trail of footprints",
+    "a patch of poppies", "a shimmering dragonfly", "a rainbow of tulips", "a family of ducklings",
+    "an old stone wall", "a huge mushroom", "a glittering stream", "a tree full of blossoms", "a wobbly fence",
 ]
-SOUNDS = ["a soft cry", "a strange noise", "a loud bang", "a tiny squeak", "a little sob", "a rustle in the leaves"]
-MOODS = _words("excited curious cheerful eager calm hopeful merry")
+SOUNDS = ["a soft cry", "a strange noise", "a loud bang", "a tiny squeak", "a little sob", "a rustle in the leaves",
+          "a creak", "a thump", "a whimper", "a faint tapping", "a low rumble", "a sniffle"]
+MOODS = _words("excited curious cheerful eager calm hopeful merry bouncy restless dreamy chatty")
