@@ -85,7 +85,10 @@ def load_for_sft(cfg: SFTConfig) -> tuple[Any, Any]:
 
 # -- data ------------------------------------------------------------------------------------------
 def eval_split(spec: str) -> str:
-    """A registered dataset's held-out split ('validation' when it has one); files: their only split."""
+    """A registered dataset's held-out split ('validation', then 'test', when it has one); files: their only split.
+
+    Used by other stages too (reward, eval compare): keep the signature.
+    """
     from lmlab.data import registry
 
     if registry.is_registered(spec):
@@ -94,6 +97,14 @@ def eval_split(spec: str) -> str:
             if name in splits:
                 return name
     return "train"
+
+
+def eval_source_spec(spec: str) -> tuple[str, str]:
+    """(spec, split) of `eval_data`: `NAME@SPLIT` picks a split (as in `eval ppl`), else `eval_split`."""
+    if "@" in spec and not Path(spec).exists():
+        name, _, split = spec.rpartition("@")
+        return name, split
+    return spec, eval_split(spec)
 
 
 def nested_subset(records: list[Any], fraction: float, seed: int) -> list[Any]:
@@ -115,7 +126,8 @@ def load_chat_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[EncodedExample]
     records = load_records(cfg.data, "chat", columns=cfg.columns or None, limit=cfg.limit)
     if cfg.eval_data:
         train = records
-        val = load_records(cfg.eval_data, "chat", columns=cfg.columns or None, split=eval_split(cfg.eval_data),
+        spec, split = eval_source_spec(cfg.eval_data)
+        val = load_records(spec, "chat", columns=cfg.columns or None, split=split,
                            limit=max(cfg.eval_batches, 1) * cfg.batch_size if cfg.eval_batches > 0 else None)
     else:
         train, val = split_train_val(records, cfg.val_fraction, seed=cfg.seed)
