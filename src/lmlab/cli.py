@@ -82,6 +82,10 @@ COMMANDS: list[Command] = [
             "train a byte-level BPE or char tokenizer; prints its compression"),
     Command("sweep", "lmlab.train.sweep:SweepConfig", "lmlab.train.sweep:run", ("recipe",),
             "Optuna search over one recipe stage's keys (space=SPACE.yaml trials=N stage=NAME)"),
+    Command("generate", "lmlab.generate:GenerateConfig", "lmlab.generate:run_generate", ("model",),
+            "sample continuations of a prompt from any model (temperature, top_k, top_p, beams, n)"),
+    Command("export", "lmlab.models.export:ExportConfig", "lmlab.models.export:run_export", ("model",),
+            "write a standalone HF model folder (LoRA merged) + tokenizer"),
     # rows added by each module: keep one line per command, grouped by verb
 ]
 

@@ -216,14 +216,23 @@ def preset_table(vocab_size: int = 8192) -> list[dict[str, Any]]:
     return rows
 
 
+from lmlab.models.load import load_model, resolve_model_dir  # noqa: E402  (needs the registry above)
+from lmlab.models.tuning import apply_tuning, describe_trainable  # noqa: E402
+
 __all__ = [
     "ARCHITECTURES",
     "PRESETS",
     "Architecture",
+    "apply_tuning",
+    "architecture",
     "build_config",
     "build_model",
     "count_parameters",
+    "describe_trainable",
+    "human",
     "is_architecture",
+    "load_model",
     "parse_spec",
     "preset_table",
+    "resolve_model_dir",
 ]

@@ -1,0 +1,323 @@
+"""Decoding: one interface for every model (RNN, LSTM, GRU, Transformer, seq2seq, any HF causal LM).
+
+    lmlab generate runs/quickstart/pt prompt="Once upon a time" temperature=0.7 n=3 seed=0
+
+    from lmlab.generate import DecodingConfig, generate
+    generate(model, tokenizer, ["Tom found"], DecodingConfig(temperature=0, max_new_tokens=20))
+
+Everything runs through Hugging Face `generate`, so our recurrent models decode incrementally with
+their state cache and beams, top-k / nucleus sampling and repetition penalty mean the same for
+every model. Decoder-only batches are left-padded (new tokens then line up at the right edge);
+continuations exclude the prompt, end at eos or a chat end-of-turn token
+(`lmlab.templates.stop_token_ids`) and are cut at the first `stop` string.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmlab.config import opt
+from lmlab.errors import ConfigError
+
+
+@dataclass
+class DecodingConfig:
+    """How to pick each next token (temperature 0 = greedy)."""
+
+    max_new_tokens: int = opt(64, "tokens to generate at most per continuation")
+    temperature: float = opt(1.0, "softmax temperature; lower = safer and blander, 0 = greedy (argmax)")
+    top_k: int = opt(0, "sample only among the k most likely tokens (0 = off)")
+    top_p: float = opt(1.0, "nucleus sampling: smallest set of tokens with this much probability (1 = off; Holtzman et al. 2020)")
+    repetition_penalty: float = opt(1.0, "divide logits of tokens already present by this (>1 discourages loops; Keskar et al. 2019)")
+    beams: int = opt(1, "beam search width (1 = no beam search)")
+    n: int = opt(1, "continuations per prompt (at most `beams` with beam search)")
+    seed: int | None = opt(None, "seed for sampling; the same seed gives the same samples")
+    stop: list[str] = opt([], "cut each continuation at the first of these strings (generation also stops there)")
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if self.beams < 1 or self.n < 1:
+            problems.append(f"beams and n must be >= 1, got beams={self.beams} n={self.n}")
+        if self.beams > 1 and self.n > self.beams:
+            problems.append(f"n={self.n} continuations need beams >= n with beam search (beams={self.beams}); raise beams")
+        if self.n > 1 and self.beams == 1 and not self.do_sample:
+            problems.append(f"n={self.n} greedy continuations would all be identical; set temperature > 0 or beams >= n")
+        return problems
+
+
+def check(cfg: DecodingConfig) -> DecodingConfig:
+    problems = cfg.validate()
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
+def generation_kwargs(model: Any, tokenizer: Any, cfg: DecodingConfig) -> dict[str, Any]:
+    """Arguments for HF `generate`. Every sampling knob is explicit, so a hub model's own
+    generation_config (e.g. Qwen's temperature 0.7, top_k 20) never silently changes results."""
+    from lmlab.templates import stop_token_ids
+
+    eos = stop_token_ids(tokenizer) or None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else None)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": cfg.max_new_tokens,
+        "do_sample": cfg.do_sample,
+        "num_beams": cfg.beams,
+        "num_return_sequences": cfg.n,
+        "repetition_penalty": cfg.repetition_penalty,
+        "eos_token_id": eos,
+        "pad_token_id": pad,
+    }
+    if cfg.do_sample:  # greedy/beam search never reads the sampling knobs
+        kwargs.update(top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature)
+    if cfg.stop:
+        kwargs["stop_strings"] = list(cfg.stop)
+        kwargs["tokenizer"] = tokenizer
+    return kwargs
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to (not including) the earliest occurrence of any stop string."""
+    cut = len(text)
+    for s in stop:
+        if s:
+            i = text.find(s)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut]
+
+
+def _device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model without parameters
+        return torch.device("cpu")
+
+
+def _encode(tokenizer: Any, prompts: list[str], device: torch.device, left: bool) -> dict[str, torch.Tensor]:
+    """Batch-encode with left padding (decoder-only); empty prompts start from bos (or eos)."""
+    start = tokenizer.bos_token or tokenizer.eos_token or ""
+    texts = [p if p else start for p in prompts]
+    bos = tokenizer.bos_token
+    # chat prompts rendered by a template already begin with bos; don't add a second one
+    add_special = not (bos and all(t.startswith(bos) for t in texts))
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left" if left else "right"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+    finally:
+        tokenizer.padding_side = side
+    return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+@torch.no_grad()
+def generate_with_stats(
+    model: Any, tokenizer: Any, prompts: str | Sequence[str], cfg: DecodingConfig | None = None, *, batch_size: int = 16
+) -> tuple[list[list[str]], dict[str, float]]:
+    """`generate` plus {"new_tokens", "seconds", "tokens_per_s"}."""
+    cfg = check(cfg or DecodingConfig())
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if cfg.seed is not None:
+        torch.manual_seed(cfg.seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(cfg.seed)
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    device = _device(model)
+    kwargs = generation_kwargs(model, tokenizer, cfg)
+    pad = kwargs["pad_token_id"]
+    was_training = model.training
+    model.eval()
+    results: list[list[str]] = []
+    new_tokens = 0
+    started = time.perf_counter()
+    try:
+        for i in range(0, len(prompts), batch_size):
+            batch = prompts[i : i + batch_size]
+            enc = _encode(tokenizer, batch, device, left=not encoder_decoder)
+            out = model.generate(**enc, **kwargs)  # (B * n, L)
+            new = out if encoder_decoder else out[:, enc["input_ids"].shape[1] :]
+            if pad is not None:
+                new_tokens += int((new != pad).sum())
+            else:
+                new_tokens += new.numel()
+            texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+            texts = [cut_at_stop(t, cfg.stop) for t in texts]
+            results.extend(texts[j * cfg.n : (j + 1) * cfg.n] for j in range(len(batch)))
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - started
+    return results, {"new_tokens": new_tokens, "seconds": seconds, "tokens_per_s": new_tokens / max(seconds, 1e-9)}
+
+
+def generate(
+    model: Any, tokenizer: Any, prompts: str | Sequence[str], cfg: DecodingConfig | None = None, *, batch_size: int = 16
+) -> list[list[str]]:
+    """`cfg.n` continuations (prompt excluded) for each prompt, in order."""
+    return generate_with_stats(model, tokenizer, prompts, cfg, batch_size=batch_size)[0]
+
+
+def stream(model: Any, tokenizer: Any, prompt: str, cfg: DecodingConfig | None = None) -> Iterator[str]:
+    """Text deltas of one continuation as they are produced (n and beams are ignored).
+
+    HF `generate` runs in a thread feeding a `TextIteratorStreamer`; text that could be the start
+    of a stop string is held back until it is clear it is not, so no stop string ever leaks out.
+    """
+    from transformers import TextIteratorStreamer
+
+    cfg = check(cfg or DecodingConfig())
+    single = DecodingConfig(**{**cfg.__dict__, "n": 1, "beams": 1})
+    if single.seed is not None:
+        torch.manual_seed(single.seed)
+    encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    enc = _encode(tokenizer, [prompt], _device(model), left=not encoder_decoder)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=not encoder_decoder, skip_special_tokens=True)
+    kwargs = generation_kwargs(model, tokenizer, single)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(**enc, **kwargs, streamer=streamer)
+        except BaseException as exc:  # surfaced in the caller's thread below
+            failure.append(exc)
+            streamer.end()
+
+    model.eval()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    text, sent, stopped = "", 0, False
+    stops = [s for s in single.stop if s]
+    for piece in streamer:
+        text += piece
+        cut = cut_at_stop(text, stops)
+        if len(cut) < len(text):  # a stop string appeared
+            if len(cut) > sent:
+                yield cut[sent:]
+            sent, stopped = len(text), True
+            break
+        # hold back a tail that may be the beginning of a stop string
+        hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        if len(text) - hold > sent:
+            yield text[sent : len(text) - hold]
+            sent = len(text) - hold
+    else:
+        if len(text) > sent:
+            yield text[sent:]
+    if stopped:
+        for _ in streamer:  # drain so the generating thread can finish
+            pass
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def chat_prompt(tokenizer: Any, messages: Sequence[Any], *, add_generation_prompt: bool = True) -> str:
+    """The prompt text for a conversation, through the tokenizer's chat template (ChatML if none).
+
+    `messages` are dicts {"role", "content"} or objects with .role and .content (data.formats.Message).
+    """
+    from lmlab.templates import CHATML
+
+    rows = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
+    template = None if getattr(tokenizer, "chat_template", None) else CHATML
+    return tokenizer.apply_chat_template(
+        rows, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+# -- the `lmlab generate` command -------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(DecodingConfig):
+    """`lmlab generate MODEL`: sample continuations of prompts and print them."""
+
+    model: str = opt(help="a run folder, a model folder, a LoRA adapter folder or a HF hub id")
+    prompt: str = opt("Once upon a time", "the prompt text")
+    prompts: str | None = opt(None, "a file of prompts, one per line (.txt) or {'prompt': ...} per line (.jsonl); overrides prompt")
+    chat: bool = opt(False, "wrap each prompt as a user message in the model's chat template")
+    system: str | None = opt(None, "system message for chat=true")
+    out: str | None = opt(None, "folder for samples.jsonl and metrics.json")
+    batch_size: int = opt(8, "prompts per generate call")
+    device: str = opt("auto", "auto, cpu, cuda, mps")
+    dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: the checkpoint's)")
+    trust_remote_code: bool = opt(False, "allow model code from the hub")
+
+
+def read_prompts(path: str) -> list[str]:
+    import json
+
+    from lmlab.errors import DataError
+
+    file = Path(path)
+    if not file.exists():
+        raise DataError(f"prompts={path}: no such file")
+    lines = file.read_text(encoding="utf-8").splitlines()
+    if file.suffix != ".jsonl":
+        return [line for line in lines if line.strip()]
+    prompts = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise DataError(f"{path}:{i}: expected an object with a 'prompt' string, got {line[:80]!r}")
+        prompts.append(row["prompt"])
+    return prompts
+
+
+def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
+    """Load the model, generate, print, and (with out=DIR) write samples.jsonl + metrics.json."""
+    from lmlab.models.load import load_model
+    from lmlab.runs import atomic_write_json, atomic_write_text
+    from lmlab.templates import END_OF_TURN
+
+    model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
+    raw = read_prompts(cfg.prompts) if cfg.prompts else [cfg.prompt]
+    decoding = DecodingConfig(**{f: getattr(cfg, f) for f in DecodingConfig.__dataclass_fields__})
+    texts = raw
+    if cfg.chat:
+        system = [{"role": "system", "content": cfg.system}] if cfg.system else []
+        texts = [chat_prompt(tokenizer, [*system, {"role": "user", "content": p}]) for p in raw]
+        decoding.stop = [*decoding.stop, *sorted(set(END_OF_TURN.values()))]
+    samples, stats = generate_with_stats(model, tokenizer, texts, decoding, batch_size=cfg.batch_size)
+    rows = [{"prompt": p, "sample": i, "text": t} for p, outs in zip(raw, samples, strict=True) for i, t in enumerate(outs)]
+    for p, outs in zip(raw, samples, strict=True):
+        print(f"\n>>> {p}")
+        for i, t in enumerate(outs):
+            print(f"[{i}] {t}" if len(outs) > 1 else t)
+    metrics = {
+        "prompts": len(raw), "samples": len(rows), "new_tokens": stats["new_tokens"],
+        "tokens_per_s": round(stats["tokens_per_s"], 2), "seconds": round(stats["seconds"], 3),
+        "mean_chars": sum(len(r["text"]) for r in rows) / max(len(rows), 1),
+    }
+    if cfg.out:
+        import json
+
+        out = Path(cfg.out)
+        atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write_json(out / "metrics.json", metrics)
+    return {"samples": rows, "metrics": metrics}
