@@ -85,6 +85,8 @@ def test_run_writes_metrics_samples_and_plots(tmp_path, monkeypatch):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["judges"]["echo"]["models"]["tuned"]["win_rate"] == 0.625
     assert saved["models"] == {"base": "runs/base", "tuned": "runs/tuned"} and metrics["prompts"] == 4
+    assert saved["table"]["tuned"]["echo_win_rate"] == 0.625 and "echo_win_rate" not in saved["table"]["base"]
+    assert saved["table"]["base"]["echo_mean"] == pytest.approx(0.55) and saved["table"]["base"]["words"] == 3.25
     assert (out / "samples.md").read_text().count("\n") == 6
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4
     for png in ("reward_echo.png", "mean_reward.png"):

@@ -48,10 +48,17 @@ def fake_run(tmp_path):
     _stage(root, "sft", config={"model": "runs/x/pt", "tuning": "lora", "lora": {"rank": 8, "alpha": 16}},
            rows=sft_rows, result={"loss": 1.5, "val_loss": 1.7})
     time.sleep(0.02)
-    _stage(root, "ppl", config={"model": "a,b"}, eval_metrics={"models": {"pt": {"ppl": 41.5, "bpb": 1.2}, "sft": {"ppl": 17.25, "bpb": 0.9}},
-                                                               "data": "storyworld/pretrain"}, png=True)
+    # eval ppl's layout: one mapping per model, with nested breakdowns the table leaves out
+    _stage(root, "ppl", config={"model": "a,b"}, png=True, eval_metrics={
+        "pt": {"model": "runs/x/pt", "ppl": 41.5, "bpb": 1.2, "per_set": {"s": {"ppl": 41.5}}, "per_text": [{"ppl": 1.0}] * 20},
+        "sft": {"model": "runs/x/sft", "ppl": 17.25, "bpb": 0.9, "per_set": {"s": {"ppl": 17.25}}, "per_text": []}})
+    time.sleep(0.02)
+    # eval compare's layout: a `table` for reports plus everything else
+    _stage(root, "judge", config={"model": "a,b", "judge": "gold"}, eval_metrics={
+        "table": {"pt": {"gold_mean": 0.25, "words": 40.0}, "sft": {"gold_mean": 0.75, "gold_win_rate": 0.875, "words": 52.0}},
+        "prompts": 8, "judges": {"gold": {"models": {"sft": {"paired_p": 0.01}}}}})
     # the stage order comes from artifact times, not names: make pt clearly first
-    for i, name in enumerate(("pt", "sft", "ppl")):
+    for i, name in enumerate(("pt", "sft", "ppl", "judge")):
         for f in (root / name).iterdir():
             os.utime(f, (1_000_000 + i * 100, 1_000_000 + i * 100))
     (root / "notastage").mkdir()
@@ -60,7 +67,7 @@ def fake_run(tmp_path):
 
 def test_report_has_every_section_and_plot(fake_run):
     out = report(ReportConfig(run_dir=str(fake_run)))
-    assert out["stages"] == ["pt", "sft", "ppl"]
+    assert out["stages"] == ["pt", "sft", "ppl", "judge"]
     md = (fake_run / "report.md").read_text()
     for heading in ("# lmlab report: myrun", "## Overview", "## Stage: pt", "## Stage: sft", "## Stage: ppl",
                     "### Key settings", "### Final metrics", "### Curves", "### Evaluation", "### Samples"):
@@ -70,7 +77,8 @@ def test_report_has_every_section_and_plot(fake_run):
     # every referenced image exists and is a non-empty PNG
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert "plots/all_losses.png" in refs and "plots/pt_loss.png" in refs and "plots/sft_loss.png" in refs
-    assert "ppl/ppl.png" in refs and "plots/ppl_eval.png" in refs
+    # a stage's own PNG is shown; a chart is drawn only for an eval stage that has none
+    assert "ppl/ppl.png" in refs and "plots/ppl_eval.png" not in refs and "plots/judge_eval.png" in refs
     for ref in refs:
         data = (fake_run / ref).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, ref
@@ -80,8 +88,10 @@ def test_report_has_every_section_and_plot(fake_run):
     sft_part = md[md.index("## Stage: sft"):md.index("## Stage: ppl")]
     pt_part = md[md.index("## Stage: pt"):md.index("## Stage: sft")]
     assert "| lora.rank | 8 |" in sft_part and "lora.rank" not in pt_part
-    # eval table: models × metrics
-    assert "| pt | 41.5 | 1.2 |" in md and "| sft | 17.25 | 0.9 |" in md
+    # eval tables: models × metrics (own numbers only), then the rest as key/value rows
+    assert "| models | ppl | bpb |" in md and "| pt | 41.5 | 1.2 |" in md and "| sft | 17.25 | 0.9 |" in md
+    assert "| models | gold_mean | words | gold_win_rate |" in md and "| pt | 0.25 | 40 |  |" in md
+    assert "| judges.gold.models.sft.paired_p | 0.01 |" in md and "per_text" not in md
     assert "upon a time" in md
 
 
@@ -101,9 +111,10 @@ def test_csv_and_xlsx_hold_every_number(fake_run):
     report(ReportConfig(run_dir=str(fake_run)))
     with open(fake_run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    # pt: 20 train rows × (loss, lr) + 2 val rows × (loss, ppl); sft: 10 loss + 1 val_loss; results 2+2; eval 4
-    assert len(rows) == 20 * 2 + 2 * 2 + 10 + 1 + 2 + 2 + 4
-    assert {"stage": "ppl", "source": "eval", "step": "", "metric": "models.sft.ppl", "value": "17.25"} in rows
+    # pt: 20 train rows × (loss, lr) + 2 val rows × (loss, ppl); sft: 10 loss + 1 val_loss; results 2+2;
+    # ppl eval: 2 × (ppl, bpb, per_set.s.ppl); judge eval: 5 table numbers + prompts + paired_p
+    assert len(rows) == 20 * 2 + 2 * 2 + 10 + 1 + 2 + 2 + 6 + 7
+    assert {"stage": "ppl", "source": "eval", "step": "", "metric": "sft.ppl", "value": "17.25"} in rows
     assert {"stage": "pt", "source": "val", "step": "20", "metric": "loss", "value": "3.9"} in rows
     assert {"stage": "sft", "source": "train", "step": "10", "metric": "val_loss", "value": "1.7"} in rows
     book = load_workbook(fake_run / "metrics.xlsx")
@@ -112,7 +123,7 @@ def test_csv_and_xlsx_hold_every_number(fake_run):
     assert [c.value for c in book["pt"][1]] == ["split", "step", "loss", "lr", "ppl"]
     assert [c.value for c in book["pt"][12]] == ["val", 10, 4.5, None, 90.0]
     summary = [tuple(c.value for c in r) for r in book["summary"].iter_rows(min_row=2)]
-    assert ("ppl", "eval", "models.pt.ppl", 41.5) in summary and len(summary) == 8
+    assert ("ppl", "eval", "pt.ppl", 41.5) in summary and len(summary) == 4 + 6 + 7
 
 
 def test_single_stage_folder(fake_run):

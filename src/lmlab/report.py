@@ -39,6 +39,7 @@ KEY_SETTINGS = (
 )
 SAMPLE_TEXT_KEYS = ("completion", "response", "text", "output", "generation", "sample")
 MAX_SAMPLES = 5
+MAX_FLAT_ROWS = 60
 
 
 @dataclass
@@ -260,27 +261,56 @@ def _sample_rows(samples: list[dict[str, Any]], limit: int) -> list[list[str]]:
     return rows
 
 
+def _scalars(row: dict[str, Any]) -> dict[str, float]:
+    """A row's own numbers (not those of nested per-set / per-text breakdowns)."""
+    return {k: float(v) for k, v in row.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def eval_tables(data: dict[str, Any]) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
+    """Split an eval metrics.json into models × metrics tables and the remaining key/values.
+
+    A table is `data["table"]` (commands that write one for reports), `data` itself when every
+    value is a per-model mapping (eval ppl), or any key holding a mapping of mappings.
+    """
+    def is_table(obj: Any) -> bool:
+        return isinstance(obj, dict) and bool(obj) and all(isinstance(v, dict) for v in obj.values()) \
+            and any(_scalars(v) for v in obj.values())
+
+    if isinstance(data.get("table"), dict):
+        return {"models": data["table"]}, {k: v for k, v in data.items() if k != "table"}
+    if is_table(data):
+        return {"models": data}, {}
+    tables = {k: v for k, v in data.items() if is_table(v)}
+    return tables, {k: v for k, v in data.items() if k not in tables}
+
+
 def _eval_table(stage: Stage, plots: Path) -> tuple[list[Block], Path | None]:
-    """An eval command's metrics.json: a models × metrics table when it has one, else key/value rows."""
+    """An eval command's metrics.json: models × metrics tables, then the other values as key/value rows."""
     blocks: list[Block] = []
-    nested = {k: v for k, v in stage.eval.items() if isinstance(v, dict) and v and all(isinstance(x, dict) for x in v.values())}
     chart = None
-    for name, table in nested.items():
-        # {"models": {"pt": {"ppl": 41.2}, "sft": {...}}} → one row per model
-        cols = list(dict.fromkeys(c for row in table.values() for c in numeric(row)))
+    tables, rest = eval_tables(stage.eval)
+    for name, table in tables.items():
+        cols = list(dict.fromkeys(c for row in table.values() for c in _scalars(row)))
         if not cols:
             continue
-        rows = [[name, *cols]] + [[str(r), *(fmt(numeric(v).get(c, "")) for c in cols)] for r, v in table.items()]
+        rows = [[name, *cols]] + [[str(r), *(fmt(_scalars(v)[c]) if c in _scalars(v) else "" for c in cols)]
+                                  for r, v in table.items()]
         blocks.append(Block("table", rows=rows))
-        from lmlab.plots import bars
+        if chart is None and not stage.images:
+            # one chart of the first metric: columns have unrelated scales (ppl vs bits per byte)
+            from lmlab.plots import bars
 
-        # one chart of the first metric: columns have unrelated scales (ppl vs bits per byte)
-        head = cols[0]
-        chart = bars({str(r): numeric(v)[head] for r, v in table.items() if head in numeric(v)},
-                     plots / f"{stage.name}_eval.png", title=f"{stage.name}: {head} per {name.rstrip('s')}", ylabel=head)
-    flat = {k: v for k, v in flatten({k: v for k, v in stage.eval.items() if k not in nested}).items()}
+            head = cols[0]
+            chart = bars({str(r): _scalars(v)[head] for r, v in table.items() if head in _scalars(v)},
+                         plots / f"{stage.name}_eval.png", title=f"{stage.name}: {head} per {name.rstrip('s')}", ylabel=head)
+    flat = {k: v for k, v in flatten(rest).items() if not (isinstance(v, list) and len(v) > 10)}
     if flat:
-        blocks.append(Block("table", rows=[["metric", "value"]] + [[k, fmt(v)] for k, v in flat.items()]))
+        items = list(flat.items())
+        rows = [["metric", "value"]] + [[k, fmt(v)] for k, v in items[:MAX_FLAT_ROWS]]
+        if len(items) > MAX_FLAT_ROWS:
+            rows.append(["…", f"{len(items) - MAX_FLAT_ROWS} more in metrics.json"])
+        blocks.append(Block("table", rows=rows))
     return blocks, chart
 
 

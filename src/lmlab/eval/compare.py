@@ -155,6 +155,23 @@ def samples_markdown(prompts: Sequence[Any], answers: dict[str, list[str]], scor
     return "\n".join(lines) + "\n"
 
 
+def headline_table(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """One row per model of the numbers a reader wants first (the report shows this table)."""
+    table: dict[str, dict[str, float]] = {label: {} for label in metrics["text"]}
+    for name, summary in metrics["judges"].items():
+        for label, row in summary["models"].items():
+            table[label][f"{name}_mean"] = row["mean"]
+            if "win_rate" in row:
+                table[label][f"{name}_win_rate"] = row["win_rate"]
+    for label in table:
+        if "constraint_rate" in metrics:
+            table[label]["constraint_rate"] = metrics["constraint_rate"][label]
+        table[label].update(metrics["text"][label])
+        if "ppl" in metrics:
+            table[label]["ppl"] = metrics["ppl"]["corpus"][label]["ppl"]
+    return table
+
+
 # -- inputs ------------------------------------------------------------------------------------
 
 def load_prompts(spec: str, split: str | None, n: int) -> list[Any]:
@@ -280,6 +297,7 @@ def run(cfg: CompareConfig) -> dict[str, Any]:
     if cfg.data:
         metrics["ppl"] = ppl_table(specs, labels, cfg)
     metrics.update({"models": dict(zip(labels, specs, strict=True)), "prompts_from": cfg.prompts})
+    metrics["table"] = headline_table(metrics)
     write_outputs(out, metrics, prompts, answers, scores)
     print_summary(metrics)
     return metrics
