@@ -100,9 +100,15 @@ _QUESTION_WORDS = ("who is the story about main character what kind of where doe
                    "like how feel at end else with question answer title summarize")
 
 
-def _has(text: str, phrase: str, plural: bool = False, case: bool = False) -> bool:
+@lru_cache(maxsize=8192)
+def _pattern(phrase: str, plural: bool, case: bool) -> re.Pattern[str]:
+    """Compiled once per phrase: the world has a few thousand phrases, and compiling dominated judging."""
     suffix = "(?:s|es)?" if plural else ""
-    return re.search(rf"\b{re.escape(phrase)}{suffix}\b", text, 0 if case else re.I) is not None
+    return re.compile(rf"\b{re.escape(phrase)}{suffix}\b", 0 if case else re.I)
+
+
+def _has(text: str, phrase: str, plural: bool = False, case: bool = False) -> bool:
+    return _pattern(phrase, plural, case).search(text) is not None
 
 
 def check(c: Constraints, response: str, happy: bool | None) -> dict[str, bool]:
