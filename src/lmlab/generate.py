@@ -90,10 +90,37 @@ def generation_kwargs(model: Any, tokenizer: Any, cfg: DecodingConfig) -> dict[s
     }
     if cfg.do_sample:  # greedy/beam search never reads the sampling knobs
         kwargs.update(top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature)
-    if cfg.stop:
-        kwargs["stop_strings"] = list(cfg.stop)
-        kwargs["tokenizer"] = tokenizer
     return kwargs
+
+
+class StopOnText:
+    """A `StoppingCriteria` that finishes a row once its *generated* text contains a stop string.
+
+    HF's own `stop_strings` also matches across the prompt boundary (prompt "the" + token "he"
+    stops on "eh"), which would end a continuation before the stop string is in it. Only a tail
+    window of tokens is decoded each step, so the cost does not grow with the length.
+    """
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_length: int):
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.prompt_length = prompt_length
+        self.window = 4 * max((len(s) for s in self.stops), default=1) + 8
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        start = max(self.prompt_length, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        done = [any(s in t for s in self.stops) for t in tails]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def stopping(tokenizer: Any, cfg: DecodingConfig, prompt_length: int) -> dict[str, Any]:
+    """`stopping_criteria` for HF generate when `cfg.stop` is set (prompt_length: 0 for seq2seq)."""
+    if not any(cfg.stop):
+        return {}
+    from transformers import StoppingCriteriaList
+
+    return {"stopping_criteria": StoppingCriteriaList([StopOnText(tokenizer, cfg.stop, prompt_length)])}
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -154,7 +181,8 @@ def generate_with_stats(
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i : i + batch_size]
             enc = _encode(tokenizer, batch, device, left=not encoder_decoder)
-            out = model.generate(**enc, **kwargs)  # (B * n, L)
+            prompt_length = 0 if encoder_decoder else enc["input_ids"].shape[1]
+            out = model.generate(**enc, **kwargs, **stopping(tokenizer, cfg, prompt_length))  # (B * n, L)
             new = out if encoder_decoder else out[:, enc["input_ids"].shape[1] :]
             if pad is not None:
                 new_tokens += int((new != pad).sum())
@@ -192,12 +220,13 @@ def stream(model: Any, tokenizer: Any, prompt: str, cfg: DecodingConfig | None =
     enc = _encode(tokenizer, [prompt], _device(model), left=not encoder_decoder)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=not encoder_decoder, skip_special_tokens=True)
     kwargs = generation_kwargs(model, tokenizer, single)
+    extra = stopping(tokenizer, single, 0 if encoder_decoder else enc["input_ids"].shape[1])
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
             with torch.no_grad():
-                model.generate(**enc, **kwargs, streamer=streamer)
+                model.generate(**enc, **kwargs, **extra, streamer=streamer)
         except BaseException as exc:  # surfaced in the caller's thread below
             failure.append(exc)
             streamer.end()
