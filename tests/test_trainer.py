@@ -237,3 +237,29 @@ def test_grad_clip_and_schedule_applied(tmp_path):
     # lr logged after the update = factor of the next step: warm-up 1/2, 1, then linear over 2 steps
     assert [r["lr"] for r in rows] == pytest.approx([1e-2, 1e-2 * 1.0, 1e-2 * 0.5, 0.0])
     assert all(r["grad_norm"] > 1e-3 for r in rows)
+
+
+def test_gradient_checkpointing_and_bf16(tmp_path):
+    """Checkpointing recomputes activations: same update as without. bf16 autocast runs on CPU, close to fp32."""
+    ids, labels = _masked_rows()
+    source = ListSource([{"input_ids": ids, "labels": labels}])
+    weights = {}
+    for name, kw in {"fp32": {}, "ckpt": {"gradient_checkpointing": True}, "bf16": {"precision": "bf16"}}.items():
+        trainer = Trainer(tiny_model(), lm_step, source, config(max_steps=2, batch_size=8, **kw), RunDir(tmp_path / name))
+        trainer.fit()
+        weights[name] = trainer.raw.model.layers[0].mlp.up_proj.weight.detach().clone()
+        losses = train_losses(RunDir(tmp_path / name))
+        weights[name + "_loss"] = losses
+    torch.testing.assert_close(weights["ckpt"], weights["fp32"], atol=1e-6, rtol=1e-5)
+    assert weights["bf16_loss"][0] == pytest.approx(weights["fp32_loss"][0], rel=2e-2)
+    assert not torch.equal(weights["bf16"], weights["fp32"])  # bf16 really ran: not bit-identical
+
+
+def test_precision_and_epochs_settings(tmp_path):
+    from lmlab.errors import ConfigError
+
+    source = BlockSource(pattern_tokens(800), 16, 4)  # 800 // 16 // 4 = 12 micro-batches per epoch
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        Trainer(tiny_model(), lm_step, source, config(precision="fp16"), RunDir(tmp_path / "a"))
+    trainer = Trainer(tiny_model(), lm_step, source, config(max_steps=None, epochs=1.5, grad_accum=2), RunDir(tmp_path / "b"))
+    assert trainer.total_steps == 9  # ceil(1.5 × 12 / 2)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from lmlab.config import to_dict
 from lmlab.errors import ConfigError, DataError, TrainingDiverged
-from lmlab.progress import log, progress_bar
+from lmlab.progress import is_quiet, log, progress_bar
 from lmlab.runs import RunDir, atomic_dir, atomic_write_json
 from lmlab.train.config import TrainConfig
 from lmlab.train.objectives import perplexity
@@ -186,7 +186,10 @@ class Trainer:
         if cfg.gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise ConfigError(f"gradient_checkpointing=true: {type(model).__name__} does not support it; set it to false")
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+                model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model = self.accelerator.prepare(model)
         self.raw: nn.Module = self.accelerator.unwrap_model(self.model)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
@@ -272,6 +275,18 @@ class Trainer:
             atomic_write_json(tmp / "trainer_state.json", {"step": self.state.step, "val_loss": self.state.best_loss})
 
     def _save_final(self) -> None:
+        from transformers.utils import logging as hf_logging
+
+        quiet = is_quiet() and hf_logging.is_progress_bar_enabled()
+        if quiet:  # save_pretrained's "Writing model shards" bar
+            hf_logging.disable_progress_bar()
+        try:
+            self._write_final()
+        finally:
+            if quiet:
+                hf_logging.enable_progress_bar()
+
+    def _write_final(self) -> None:
         with atomic_dir(self.run.final_dir) as tmp:
             if hasattr(self.raw, "save_pretrained"):
                 self.raw.save_pretrained(tmp)
