@@ -72,11 +72,9 @@ def decoding_config(keys: Any, **changes: Any) -> Any:
 
 def load_chat_model(keys: ChatKeys) -> tuple[Any, Any]:
     """Model and tokenizer through `lmlab.models.load_model`, in eval mode."""
-    from lmlab.eval.common import resolve_device
     from lmlab.models import load_model
 
-    model, tokenizer = load_model(keys.model, trust_remote_code=keys.trust_remote_code,
-                                  device=resolve_device(keys.device))
+    model, tokenizer = load_model(keys.model, trust_remote_code=keys.trust_remote_code, device=keys.device)
     model.eval()
     return model, tokenizer
 
