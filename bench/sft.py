@@ -83,7 +83,7 @@ class Meter:
     def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is not None and module.training:
-            self.stamps.append((time.perf_counter(), int((ids != self.pad_id).sum())))
+            self.stamps.append((time.perf_counter(), time.process_time(), int((ids != self.pad_id).sum())))
 
     def _sample(self) -> None:
         while not self._stop:
@@ -95,14 +95,17 @@ class Meter:
 
         self._stop = True
         self._thread.join()
-        times = [t for t, _ in self.stamps]
-        tokens = [n for _, n in self.stamps]
+        times = [t for t, _, _ in self.stamps]
+        cpu = [c for _, c, _ in self.stamps]
+        tokens = [n for _, _, n in self.stamps]
         if len(times) < warmup + 2:
             raise RuntimeError(f"only {len(times)} training forwards recorded")
         # steps warmup .. last-1: from the start of step `warmup` to the start of the last step
         span = times[-1] - times[warmup]
+        cpu_span = cpu[-1] - cpu[warmup]
         real = sum(tokens[warmup:-1])
-        out = {"tokens_per_s": real / span, "s_per_step": span / (len(times) - 1 - warmup), "real_tokens": real,
+        out = {"tokens_per_s": real / span, "tokens_per_cpu_s": real / cpu_span,
+               "s_per_step": span / (len(times) - 1 - warmup), "real_tokens": real,
                "steps_timed": len(times) - 1 - warmup, "peak_rss_mb": self.peak_rss / 2**20,
                "peak_rss_above_model_mb": (self.peak_rss - self.base_rss) / 2**20}
         if self.cuda:
@@ -201,15 +204,25 @@ def main(argv: list[str]) -> None:
     summary: dict[str, Any] = {"config": opts, "data": json.loads((root / "stats.json").read_text()),
                                "device": "cuda" if mem == "peak_cuda_mb" else "cpu", "memory_metric": mem,
                                "arms": results}
+    def ratio(a: str, b: str, key: str) -> float:
+        return results[a][key] / results[b][key]
+
     if "lmlab_packed" in results and "trl_padded" in results:
         summary["tokens_per_s_vs_trl"] = results["lmlab_packed"]["tokens_per_s"] / results["trl_padded"]["tokens_per_s"]
         summary["peak_mem_vs_trl"] = results["lmlab_packed"][mem] / results["trl_padded"][mem]
+        summary["tokens_per_cpu_s_vs_trl"] = ratio("lmlab_packed", "trl_padded", "tokens_per_cpu_s")
+    if "lmlab_packed" in results and "trl_defaults" in results:
+        summary["tokens_per_s_vs_trl_defaults"] = ratio("lmlab_packed", "trl_defaults", "tokens_per_s")
+        summary["tokens_per_cpu_s_vs_trl_defaults"] = ratio("lmlab_packed", "trl_defaults", "tokens_per_cpu_s")
+        summary["peak_mem_vs_trl_defaults"] = ratio("lmlab_packed", "trl_defaults", mem)
     if "lmlab_packed" in results and "trl_packed" in results:
         summary["tokens_per_s_vs_trl_packed"] = results["lmlab_packed"]["tokens_per_s"] / results["trl_packed"]["tokens_per_s"]
         summary["peak_mem_vs_trl_packed"] = results["lmlab_packed"][mem] / results["trl_packed"][mem]
+        summary["tokens_per_cpu_s_vs_trl_packed"] = ratio("lmlab_packed", "trl_packed", "tokens_per_cpu_s")
     if "lmlab_padded" in results and "trl_padded" in results:
         summary["tokens_per_s_vs_trl_padded"] = results["lmlab_padded"]["tokens_per_s"] / results["trl_padded"]["tokens_per_s"]
         summary["peak_mem_vs_trl_padded"] = results["lmlab_padded"][mem] / results["trl_padded"][mem]
+        summary["tokens_per_cpu_s_vs_trl_padded"] = ratio("lmlab_padded", "trl_padded", "tokens_per_cpu_s")
     print(json.dumps(summary, indent=None))
 
 

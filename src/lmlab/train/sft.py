@@ -139,6 +139,21 @@ def load_chat_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[EncodedExample]
     return train_ex, val_ex, stats
 
 
+def check_packing(model: Any) -> None:
+    """Packing needs a model whose attention honours position_ids resets (HF attention models).
+
+    A recurrent model would carry its state from one packed example into the next: refuse.
+    """
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if "position_ids" not in inspect.signature(base.forward).parameters:
+        raise ConfigError(
+            f"packing=true: {type(base).__name__} does not take position_ids, so packed examples would leak "
+            "into each other; set packing=false (group_by_length=true also cuts padding)"
+        )
+
+
 def make_sources(cfg: SFTConfig, train: list[EncodedExample], val: list[EncodedExample], pad_id: int) -> tuple[Any, Any]:
     if cfg.packing:
         src = PackedBatches(train, cfg.batch_size, pad_id, cfg.max_length, seed=cfg.seed)
@@ -188,6 +203,8 @@ def run(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> RunResu
     trainable, total = count_parameters(model)
     log(f"sft {cfg.tuning}: {human(trainable)} trainable of {human(total)} parameters ({100 * trainable / max(total, 1):.2f}%)")
 
+    if cfg.packing:
+        check_packing(model)
     train, val, stats = load_chat_data(cfg, tokenizer)
     log(f"data {cfg.data}: {len(train)} train / {len(val)} held-out examples, {stats.trained_tokens} response tokens "
         f"of {stats.total_tokens} ({stats.path} masks)")
