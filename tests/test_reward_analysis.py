@@ -118,3 +118,29 @@ def test_gold_judge_prefers_storyworld_chosen(tmp_path):
     m = run(RewardAnalysisConfig(model="gold", data="storyworld/prefs", limit=20, out=str(tmp_path / "g")))
     assert m["pairs"] == 20 and m["accuracy"] >= 0.9
     assert m["chosen_mean"] > m["rejected_mean"] and m["p_value"] < 0.01
+
+
+def test_auto_split_scores_only_what_the_rm_held_out(tmp_path):
+    import json
+
+    import yaml
+
+    from lmlab.data.loaders import load_records
+    from lmlab.data.split import split_train_val
+    from lmlab.eval.reward_analysis import RewardAnalysisConfig, held_out_pairs, run_config_of
+
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"}) + "\n"
+                            for i in range(40)))
+    rm = tmp_path / "rm"
+    (rm / "final").mkdir(parents=True)
+    (rm / "config.yaml").write_text(yaml.safe_dump({"data": str(data), "val_fraction": 0.3, "seed": 3, "eval_data": None}))
+    rm_cfg = run_config_of(str(rm / "final"))  # final/ finds its run's config
+    assert rm_cfg["seed"] == 3
+    pairs, where = held_out_pairs(RewardAnalysisConfig(model=str(rm), data=str(data), limit=None), rm_cfg)
+    _, expected = split_train_val(load_records(str(data), "preference"), 0.3, seed=3)
+    assert [p.chosen for p in pairs] == [p.chosen for p in expected] and 0 < len(pairs) < 40
+    assert where == "held out by the RM run (val_fraction=0.3, seed=3)"
+    # another data set than the RM's: everything, and the caveat is stated
+    pairs, where = held_out_pairs(RewardAnalysisConfig(model=str(rm), data=str(data), limit=5), {})
+    assert len(pairs) == 5 and where.startswith("train (the set has no held-out split")

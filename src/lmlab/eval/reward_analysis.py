@@ -1,6 +1,7 @@
 """`lmlab eval reward`: what a reward model prefers, and whether it prefers it for the right reasons.
 
-    lmlab eval reward model=runs/rm data=storyworld/prefs split=test limit=500 out=runs/rm-analysis
+    lmlab eval reward model=runs/rm data=storyworld/prefs limit=500 out=runs/rm-analysis
+    lmlab eval reward model=runs/rm-dpo data=dpo-en       # one split only: the pairs the RM run held out
     lmlab eval reward model=gold data=storyworld/prefs          # the storyworld gold judge as a baseline
 
 It scores the chosen and the rejected response of held-out preference pairs and reports
@@ -42,7 +43,7 @@ class RewardAnalysisConfig:
 
     model: str = opt(help="reward model: a `train rm` run folder, a sequence-classification model folder, or 'gold' (storyworld judge)")
     data: str = opt("storyworld/prefs", "preference pairs (prompt, chosen, rejected)")
-    split: str = opt("test", "split of a named dataset to score (held out from training)")
+    split: str = opt("auto", "pairs to score: a split name, or auto = the set's validation/test split, else the pairs the RM run held out")
     columns: dict[str, str] = opt({}, "column mapping for the preference data")
     limit: int | None = opt(500, "score at most this many pairs")
     train_data: str | None = opt(None, "responses the TF-IDF keywords are contrasted with; default: the RM's training data")
@@ -238,16 +239,42 @@ def load_scorer(spec: str, **kw: Any) -> Scorer:
     return gold_scorer() if spec == "gold" else model_scorer(spec, **kw)
 
 
-def training_data_of(model: str) -> str | None:
-    """The `data` key of a `train rm` run folder's config.yaml (where the keyword contrast comes from)."""
+def run_config_of(model: str) -> dict[str, Any]:
+    """The config.yaml of a `train rm` run folder (given as the run or its final/), or {}."""
     import yaml
 
     for folder in (Path(model), Path(model).parent):
         cfg = folder / "config.yaml"
         if cfg.exists():
-            data = (yaml.safe_load(cfg.read_text()) or {}).get("data")
-            return str(data) if data else None
-    return None
+            data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
+def held_out_pairs(cfg: RewardAnalysisConfig, rm_cfg: dict[str, Any]) -> tuple[list[Any], str]:
+    """The pairs to score and where they came from.
+
+    `split=auto` avoids scoring pairs the RM trained on: a named set's validation/test split when
+    it has one; otherwise, for an RM run trained on this same data, exactly the pairs that run held
+    out (same deterministic hash split, val_fraction and seed); otherwise all pairs, said so.
+    """
+    from lmlab.data.loaders import load_records
+    from lmlab.data.split import split_train_val
+    from lmlab.train.sft import eval_split
+
+    columns = cfg.columns or None
+    if cfg.split != "auto":
+        return load_records(cfg.data, "preference", columns=columns, split=cfg.split, limit=cfg.limit), cfg.split
+    named = eval_split(cfg.data)
+    if named != "train":
+        return load_records(cfg.data, "preference", columns=columns, split=named, limit=cfg.limit), named
+    if rm_cfg.get("data") == cfg.data and not rm_cfg.get("eval_data"):
+        frac, seed = float(rm_cfg.get("val_fraction", 0.05)), int(rm_cfg.get("seed", 0))
+        records = load_records(cfg.data, "preference", columns=rm_cfg.get("columns") or columns, limit=rm_cfg.get("limit"))
+        _, val = split_train_val(records, frac, seed=seed)
+        return val[: cfg.limit] if cfg.limit else val, f"held out by the RM run (val_fraction={frac}, seed={seed})"
+    records = load_records(cfg.data, "preference", columns=columns, split="train", limit=cfg.limit)
+    return records, "train (the set has no held-out split; the RM may have trained on these pairs)"
 
 
 def write_plots(stats_in: dict[str, Sequence], out: Path, title: str) -> list[Path]:
@@ -272,9 +299,10 @@ def run(cfg: RewardAnalysisConfig) -> dict[str, Any]:
     from lmlab.runs import atomic_write_json, atomic_write_text
 
     out = Path(cfg.out or "runs/eval-reward")
-    records = load_records(cfg.data, "preference", columns=cfg.columns or None, split=cfg.split, limit=cfg.limit)
+    rm_cfg = run_config_of(cfg.model) if cfg.model != "gold" else {}
+    records, split = held_out_pairs(cfg, rm_cfg)
     if len(records) < 2:
-        raise ConfigError(f"data={cfg.data} split={cfg.split}: {len(records)} preference pair(s); need at least 2")
+        raise ConfigError(f"data={cfg.data} split={split}: {len(records)} preference pair(s); need at least 2")
     scorer = load_scorer(cfg.model, batch_size=cfg.batch_size, max_length=cfg.max_length, template=cfg.template, device=cfg.device)
     prompts = [rec.prompt for rec in records]
     chosen_texts = [rec.chosen for rec in records]
@@ -283,12 +311,12 @@ def run(cfg: RewardAnalysisConfig) -> dict[str, Any]:
     chosen = scorer(prompts, chosen_texts)
     rejected = scorer(prompts, rejected_texts)
     reference = None
-    train_spec = cfg.train_data or (training_data_of(cfg.model) if cfg.model != "gold" else None)
+    train_spec = cfg.train_data or rm_cfg.get("data")
     if train_spec:
         refs = load_records(train_spec, "preference", columns=cfg.columns or None, split="train", limit=2000)
         reference = [x for rec in refs for x in (rec.chosen, rec.rejected)]
     metrics = analyze(chosen, rejected, chosen_texts, rejected_texts, reference, cfg.top_k)
-    metrics.update({"model": cfg.model, "data": cfg.data, "split": cfg.split,
+    metrics.update({"model": cfg.model, "data": cfg.data, "split": split,
                     "keywords_vs": train_spec or "all scored responses"})
     write_plots({"chosen": chosen, "rejected": rejected, "chosen_texts": chosen_texts, "rejected_texts": rejected_texts},
                 out, Path(cfg.model).name or cfg.model)
