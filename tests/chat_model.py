@@ -6,6 +6,13 @@ varied, deterministic (greedy) replies instead.
 """
 from __future__ import annotations
 
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 
@@ -50,3 +57,25 @@ class GreedyOracle:
                                       top_p=None, temperature=None, eos_token_id=stop_token_ids(self.tok),
                                       pad_token_id=self.tok.pad_token_id)
         return self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def start_server(args: list[str], timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
+    """Start `lmlab ...` and wait for its 'listening on' line; returns (process, base url)."""
+    env = {**os.environ, "LMLAB_QUIET": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "lmlab", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read()[-2000:]}") from None
+            continue
+        m = re.fullmatch(r"lmlab (?:serve|web): listening on (http://\S+)\n", line)
+        if m:
+            return proc, m.group(1)
+    proc.kill()
+    raise RuntimeError("server did not print its 'listening on' line in time")

@@ -6,18 +6,13 @@ batching, padding or streaming bug that changes a single token fails here.
 from __future__ import annotations
 
 import json
-import os
-import queue
 import re
-import subprocess
-import sys
 import threading
-import time
 
 import httpx
 import pytest
 
-from chat_model import GreedyOracle, build_chat_model
+from chat_model import GreedyOracle, build_chat_model, start_server
 from lmlab.chat.engine import BatchEngine
 from lmlab.generate import DecodingConfig
 
@@ -32,28 +27,6 @@ def model_dir(tmp_path_factory, tiny_tokenizer_dir):
 @pytest.fixture(scope="module")
 def oracle(model_dir):
     return GreedyOracle(model_dir)
-
-
-def start_server(args: list[str], timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
-    """Start `lmlab ...` and wait for its 'listening on' line; returns (process, base url)."""
-    env = {**os.environ, "LMLAB_QUIET": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "lmlab", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            line = lines.get(timeout=1.0)
-        except queue.Empty:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read()[-2000:]}") from None
-            continue
-        m = re.fullmatch(r"lmlab (?:serve|web): listening on (http://\S+)\n", line)
-        if m:
-            return proc, m.group(1)
-    proc.kill()
-    raise RuntimeError("server did not print its 'listening on' line in time")
 
 
 @pytest.fixture(scope="module")
