@@ -247,7 +247,7 @@ def run(cfg: PretrainConfig, *, resume: bool = False, force: bool = False) -> Ru
 
     cfg = dataclasses.replace(cfg, out=cfg.out or default_out(cfg))
     rundir = RunDir(cfg.out)
-    if rundir.is_done() and not force and not resume:
+    if rundir.is_done() and not force:  # finished: --resume has nothing left to do
         log(f"{rundir.path} is finished (result.json); pass --force to run it again")
         return RunResult(rundir.path, rundir.result())
     rundir.prepare(resume=resume, force=force)

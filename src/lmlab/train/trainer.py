@@ -400,6 +400,8 @@ class Trainer:
             s = self.state
             self.run.truncate_metrics(s.step)
             log(f"resumed from {ckpt} (step {s.step}/{self.total_steps})")
+        elif self.run.metrics_path.exists():  # nothing to resume from: rows of an earlier attempt go
+            self.run.truncate_metrics(0)
         writer = self._writer(purge_step=s.step if s.step else None)
         stopped_early = False
         try:
