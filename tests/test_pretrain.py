@@ -132,3 +132,24 @@ def test_pretrain_refuses_bad_settings(corpus_file, tiny_tokenizer_dir, tmp_path
             out=str(tmp_path / "a"))
     with pytest.raises(ConfigError, match="tokenizer train"):
         _pt(model="rnn:tiny", data=str(corpus_file), tokenizer=str(tmp_path / "nope"), out=str(tmp_path / "b"))
+
+
+def test_continued_pretraining_of_a_hf_model(corpus_file, tiny_qwen2_dir, tmp_path):
+    """A model folder (the path a hub id takes) trains on; its starting val loss is the loaded model's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmlab.train.objectives import causal_lm_loss
+
+    res = _pt(model=str(tiny_qwen2_dir), data=str(corpus_file), max_steps=4, batch_size=4, max_length=16, lr=1e-3,
+              eval_every=4, out=str(tmp_path / "cpt"), keep_best=False)
+    assert res.metrics["steps"] == 4 and res.metrics["vocab_size"] == len(AutoTokenizer.from_pretrained(tiny_qwen2_dir))
+    before = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+    after = AutoModelForCausalLM.from_pretrained(res.path / "final")
+    tok = AutoTokenizer.from_pretrained(res.path / "final")
+    ids = torch.tensor([tok("the cat ran with the dog and then she went home.")["input_ids"]])
+    with torch.no_grad():
+        l0, _ = causal_lm_loss(before(input_ids=ids).logits, ids)
+        l1, _ = causal_lm_loss(after(input_ids=ids).logits, ids)
+    assert float(l1) < float(l0)  # four steps on this corpus already help on a sentence of its words
+    with pytest.raises(ConfigError, match="only applies to architectures"):
+        _pt(model=str(tiny_qwen2_dir), data=str(corpus_file), arch={"hidden_size": 8}, out=str(tmp_path / "x"))

@@ -86,7 +86,8 @@ def get_model(cfg: PretrainConfig, texts: list[str], run: RunDir) -> tuple[Any, 
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder(cfg.tokenizer))
-    return model, tokenizer, "causal-lm"
+    kind = "seq2seq" if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else "causal-lm"
+    return model, tokenizer, kind
 
 
 def check_length(model: Any, max_length: int) -> None:
