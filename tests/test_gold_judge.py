@@ -97,6 +97,12 @@ def test_free_prompt_scores_fluency_and_repetition_only():
     assert judge("What do you think?", "zzq xqv wpt").reward < r.reward
 
 
+def test_chat_markers_are_ignored():
+    rendered = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+    assert judge(rendered, GOOD + "<|im_end|>") == judge(PROMPT, GOOD)
+    assert judge(PROMPT, "<|endoftext|>").reward == 0.0
+
+
 def test_deterministic_and_gold_reward_equals_judge():
     assert judge(PROMPT, GOOD) == judge(PROMPT, GOOD)
     assert gold_reward(PROMPT, GOOD) == judge(PROMPT, GOOD).reward

@@ -48,14 +48,30 @@ OPENINGS: tuple[tuple[str, ...], ...] = (
      "[That|One] {weather} [morning|afternoon], {he} [went out|stepped outside] to explore."),
 )
 
+# Scene-setting sentences, one inserted after the opening half of the time when a story has room.
+DETAILS: tuple[str, ...] = (
+    "The air smelled of [pine needles|fresh bread|wet grass|sea salt|wildflowers|warm hay].",
+    "Crickets were chirping somewhere [nearby|in the distance|under the hedges].",
+    "Tall [reeds|weeds|grasses] [swayed|rustled|waved] in the breeze.",
+    "Leaves [crunched|crackled|rustled] under every step.",
+    "The sky was [pale|deep|soft] and [wide|clear|full of little clouds].",
+    "A [gentle|soft|light] breeze [drifted|danced|wandered] through the [trees|bushes|hedges].",
+    "Everything was [quiet|peaceful|calm], except for the [humming|buzzing] of [insects|flies|gnats].",
+    "[Dewdrops|Raindrops] [sparkled|glittered|glistened] [on the path|in the grass|on every leaf].",
+    "A [woodpecker|cuckoo|blackbird|magpie] [tapped|called|chattered] from a [distant|nearby] tree.",
+    "The path was [lined|dotted] with [buttercups|clover|little stones|tiny mushrooms].",
+    "Smoke [curled|drifted] up from a [chimney|faraway chimney] into the sky.",
+    "Somewhere, a [gate|door|window] [creaked|banged|rattled] in the wind.",
+)
+
 ARCS: tuple[Arc, ...] = (
     Arc("lost_found", "", (
         ("{Name} had a {color} {obj} that {he} loved [very much|more than anything].",
          "{Name} [brought|carried] {his} {color} {obj} [everywhere|with {him}]."),
         ("?", "{He} [played|ran around] with it and {activity}.", "[First|For a while], {he} {activity}."),
-        ("[Then|But then|Suddenly], the {obj} was nowhere to be seen.",
+        ("[Then|But then|Suddenly|All of a sudden|A moment later], the {obj} was nowhere to be seen.",
          "When {he} looked again, {his} {obj} was [missing|not there]."),
-        ("{Name} looked [everywhere|high and low|all around the {place}].",
+        ("{Name} looked [everywhere|high and low|all around the {place}|under every leaf|in every corner|behind every bush].",
          "\"Where is my {obj}?\" [asked|wondered] {Name}."),
     ), happy=(
         ("At last, {he} found the {obj} {spot}.", "{He} hugged it and smiled."),
@@ -71,7 +87,7 @@ ARCS: tuple[Arc, ...] = (
 
     Arc("sharing", "friend", (
         ("{Name} [had|brought] a {color} {obj} to the {place}.", "{Name} was playing with a {color} {obj}."),
-        ("{Friend}, a {fdesc} {fkind}, [came over|walked up] and [looked at|watched] the {obj}.",),
+        ("{Friend}, a {fdesc} {fkind}, [came over|walked up|wandered by|trotted over] and [looked at|watched|stared at|admired] the {obj}.",),
         ("\"Can I play with it too?\" asked {Friend}.", "\"May I have a turn?\" asked {Friend} [softly|politely]."),
         ("?", "{Name} held the {obj} [tight|close] and thought for a moment.", "{Name} did not know what to say."),
     ), happy=(
@@ -102,8 +118,8 @@ ARCS: tuple[Arc, ...] = (
        titles=("{Name} Is Brave", "The Noise {At} the {Place}", "A Brave Little {Kind}")),
 
     Arc("trip", "helper", (
-        ("{Name} and {his} {helper} packed {snack} and a {color} {obj} for the trip.",),
-        ("On the way, they [sang songs|told jokes|watched the clouds go by].", "The road was long, and {Name} [asked many questions|looked out of the window]."),
+        ("{Name} and {his} {helper} [packed|brought|gathered] {snack} and a {color} {obj} for the [trip|journey|outing].",),
+        ("On the way, they [sang songs|told jokes|watched the clouds go by|played a guessing game|counted fence posts|waved at strangers].", "The road was long, and {Name} [asked many questions|looked out of the window]."),
         ("?", "At the {place}, they saw {sight}.", "When they arrived, {Name} pointed at {sight}."),
     ), happy=(
         ("They ate {snack} and played with the {obj} until the sun went down.", "It was the best trip ever, and {Name} smiled all the way home."),
@@ -117,7 +133,7 @@ ARCS: tuple[Arc, ...] = (
 
     Arc("quarrel", "friend", (
         ("{Name} and {his} friend {Friend} were playing with a {color} {obj}.",),
-        ("[Soon|Then] they both wanted the {obj} at the same time.",),
+        ("[Soon|Then|Before long] they both [wanted|grabbed for|reached for] the {obj} at the same time.",),
         ("\"It is my turn!\" shouted {Name}.", "{Name} pulled the {obj} and said, \"Give it to me!\""),
         ("?", "{Friend} pulled back and shouted, \"No, it is mine!\"", "{Friend} stamped {fhis} feet and would not let go."),
     ), happy=(
@@ -133,7 +149,7 @@ ARCS: tuple[Arc, ...] = (
     Arc("lesson", "helper", (
         ("{Name} liked to throw {his} {color} {obj} high into the air.",),
         ("{His} {helper} said, \"Be careful, or it might get lost.\"",),
-        ("{Name} did not listen and threw it [higher and higher|even higher].",),
+        ("{Name} did not listen and [threw|tossed|flung] it [higher and higher|even higher].",),
         ("?", "The {obj} flew over {his} head and came down {spot}.", "A gust of wind caught the {obj}."),
     ), happy=(
         ("{His} {helper} helped {him} get it back.", "{Name} learned to listen, and {he} smiled."),
@@ -147,7 +163,7 @@ ARCS: tuple[Arc, ...] = (
 
     Arc("surprise", "friend", (
         ("{Friend}, a {fdesc} {fkind}, had a surprise for {Name}: a {color} {obj}.",),
-        ("{FHe} hid the {obj} behind {fhis} back.", "{FHe} kept it a secret all morning."),
+        ("{FHe} [hid|tucked|kept] the {obj} behind {fhis} back.", "{FHe} kept it a secret all morning."),
         ("\"Close your eyes,\" said {Friend}.", "\"I have something for you,\" {Friend} told {Name}."),
     ), happy=(
         ("{Name} opened {his} eyes and saw the {color} {obj}.", "\"Thank you!\" {he} said with a big smile."),
@@ -161,7 +177,7 @@ ARCS: tuple[Arc, ...] = (
 
     Arc("rainy_day", "helper", (
         ("{Name} wanted to play with {his} {color} {obj}, but dark clouds [came|rolled in].",),
-        ("[Soon|Then] the rain began to fall, drip, drop, drip.",),
+        ("[Soon|Then|Before long] the rain began to [fall|patter|pour], drip, drop, drip.",),
         ("?", "{Name} and {his} {helper} hid under a big tree.", "{Name} looked up at the gray sky."),
     ), happy=(
         ("They splashed in the puddles until the sun came out.", "{Name} laughed and said it was the best rainy day."),
@@ -205,7 +221,7 @@ ARCS: tuple[Arc, ...] = (
 
     Arc("making", "helper", (
         ("{Name} wanted to decorate {his} {color} {obj} for {his} {helper}.",),
-        ("{He} added [stars|dots|stripes|tiny hearts] with great care.", "{He} worked on it [all afternoon|for a long time]."),
+        ("{He} added [stars|dots|stripes|tiny hearts|swirls|zigzags|little moons] with great care.", "{He} worked on it [all afternoon|for a long time]."),
         ("?", "It was hard work, but {he} kept trying.", "Some parts went wrong, so {he} started again."),
     ), happy=(
         ("When {his} {helper} saw it, {hhe} gave {Name} a big hug.", "{Name} felt proud and happy."),
@@ -220,7 +236,7 @@ ARCS: tuple[Arc, ...] = (
     Arc("race", "friend", (
         ("{Name} and {his} friend {Friend}, a {fdesc} {fkind}, had a race, and the winner would hold the {color} {obj}.",),
         ("\"Ready, set, go!\" shouted {Name}.",),
-        ("They ran as fast as they could.", "They ran and ran, side by side."),
+        ("They [ran|raced|dashed|sprinted] as fast as they could.", "They ran and ran, side by side."),
     ), happy=(
         ("{Name} won by a nose, but {he} shared the {obj} anyway.", "They both laughed and cheered."),
         ("They crossed the line together, laughing.",),
@@ -233,7 +249,7 @@ ARCS: tuple[Arc, ...] = (
 
     Arc("lost_way", "", (
         ("{Name} followed a path, carrying {his} {color} {obj}.",),
-        ("{He} walked and walked until nothing looked the same.",),
+        ("{He} [walked and walked|wandered on and on|kept going] until nothing looked [the same|familiar].",),
         ("?", "{He} saw {sight}, but it did not help.", "\"Which way is home?\" wondered {Name}."),
     ), happy=(
         ("Then {he} saw {his} own footprints and followed them back.", "{Name} was home in time and laughed with relief."),
@@ -247,7 +263,7 @@ ARCS: tuple[Arc, ...] = (
 
     Arc("patience", "helper", (
         ("{Name} planted a seed and put {his} {color} {obj} next to it as a marker.",),
-        ("Every day {he} asked {his} {helper}, \"Is it growing yet?\"",),
+        ("[Every day|Each morning|Again and again] {he} asked {his} {helper}, \"Is it growing yet?\"",),
         ("\"Be patient,\" said {his} {helper}.",),
         ("?", "{Name} waited and watered it every morning.", "Days went by, and nothing happened."),
     ), happy=(

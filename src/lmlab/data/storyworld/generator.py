@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from lmlab.data.storyworld import vocab
-from lmlab.data.storyworld.arcs import ARCS, OPENINGS, Arc
+from lmlab.data.storyworld.arcs import ARCS, DETAILS, OPENINGS, Arc
 
 ARCS_BY_NAME: dict[str, Arc] = {arc.name: arc for arc in ARCS}
 HAPPY_SHARE = 0.7  # TinyStories-like: most stories end well
@@ -180,10 +180,11 @@ def _mentions(text: str, word: str) -> bool:
 
 
 def render(spec: Spec, rng: random.Random) -> Story:
-    """Turn a spec into text: opening, the arc's beats (optional ones half the time), the ending."""
+    """Turn a spec into text: opening, maybe a scene detail, the arc's beats (optional ones half the time), the ending."""
     arc = ARCS_BY_NAME[spec.arc]
     slots = _slots(spec, rng)
     templates = list(rng.choice(OPENINGS))
+    opening = len(templates)
     for beat in arc.beats:
         if beat[0] == "?":
             if rng.random() < 0.5:
@@ -191,6 +192,8 @@ def render(spec: Spec, rng: random.Random) -> Story:
             beat = beat[1:]
         templates.append(rng.choice(beat))
     templates.extend(rng.choice(arc.happy if spec.ending == "happy" else arc.sad))
+    if len(templates) < 8 and rng.random() < 0.5:
+        templates.insert(opening, rng.choice(DETAILS))
     sentences = [expand(t, slots, rng) for t in templates]
     text = " ".join(sentences)
     title = expand(rng.choice(arc.titles), _title_slots(spec), rng)

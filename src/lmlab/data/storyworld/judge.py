@@ -6,7 +6,8 @@ Pure function of (prompt, response); no model, no randomness.
 
 Formula (all factors in [0, 1]):
 
-    words        lowercase alphabetic tokens of the response; none → reward 0
+    words        lowercase alphabetic tokens of the response (chat markers such as <|im_end|>
+                 removed first); none → reward 0
     repetition   1 - distinct word 3-grams / all word 3-grams          (0 = no repeated 3-gram)
     vocab_share  share of words in the storyworld vocabulary
     story tasks (write / continue / opening):
@@ -41,6 +42,7 @@ _WORD = re.compile(r"[a-z]+")
 _SENT_SPLIT = re.compile(r'(?<=[.!?])\s+(?=["A-Z])|(?<=[.!?]")\s+(?=["A-Z])')
 _COMPLETE = re.compile(r'[.!?]"?\s*$')
 _NGRAM = 3
+_SPECIAL = re.compile(r"<\|[^|<>]*\|>|</?s>")  # chat/end markers a decoder may leave in: not words
 
 
 @dataclass
@@ -84,6 +86,7 @@ def vocabulary() -> frozenset[str]:
                         *vocab.HELPERS, *vocab.YOUNG_ADJ, *vocab.GROWN_ADJ, *vocab.ACTIVITIES, *vocab.SNACKS,
                         *vocab.SPOTS, *vocab.SIGHTS, *vocab.SOUNDS, *vocab.MOODS, *vocab.HAPPY_WORDS,
                         *vocab.SAD_WORDS, "hands paws wings an he she him her his himself herself", *prompts.LEADS, *prompts.PLACE, *prompts.OBJECT]
+    texts.extend(arcs.DETAILS)
     for alts in (*arcs.OPENINGS, *prompts.ENDING.values(), *prompts.CHARACTER.values(), *prompts.TASK_PROMPTS.values()):
         texts.extend(alts)
     for arc in arcs.ARCS:
@@ -171,6 +174,7 @@ def _task_constraints(prompt: str, task: str) -> tuple[Constraints, str | None]:
 def judge(prompt: str, response: str) -> JudgeResult:
     """Score `response` to `prompt`; see the module docstring for the formula."""
     task = detect_task(prompt)
+    response = _SPECIAL.sub(" ", response).strip()
     words = _WORD.findall(response.lower())
     if not words:
         return JudgeResult(0.0, task=task, constraint_rate=0.0)
