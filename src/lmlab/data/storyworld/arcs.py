@@ -351,7 +351,7 @@ ARCS: tuple[Arc, ...] = (
     Arc("kindness", "friend", (
         ("{Name} was [walking|skipping] along with {his} {color} {obj} when {he} saw {Friend}, a {fdesc} {fkind}.",),
         ("{Friend} looked [hungry|tired and hungry|very thin] and had nothing to eat.",),
-        ("?", "{Name} [remembered|thought about] the {snack} in {his} pocket.", "{Name}'s tummy rumbled too, but {he} stopped."),
+        ("?", "{Name} [remembered|thought about] the {snack} in {his} pocket.", "{Name} was a little hungry too."),
     ), happy=(
         ("{Name} shared {snack} with {Friend}.", "{Friend} [smiled|laughed], and they became good friends."),
         ("{Name} gave {Friend} {snack}, and they ate together happily.",),

@@ -136,7 +136,7 @@ def sample_spec(rng: random.Random, *, name: str | None = None, kind: str | None
         ending=ending or ("happy" if rng.random() < HAPPY_SHARE else "sad"),
         friend=friend, helper=helper,
         desc=rng.choice(vocab.YOUNG_ADJ if young else vocab.GROWN_ADJ),
-        fdesc=rng.choice(vocab.YOUNG_ADJ),
+        fdesc=rng.choice(vocab.YOUNG_ADJ if friend is None or vocab.is_young(friend.kind) else vocab.GROWN_ADJ),
     )
 
 
@@ -170,7 +170,7 @@ def _title_slots(spec: Spec) -> dict[str, str]:
     return {
         "Name": spec.main.name, "Friend": spec.friend.name if spec.friend else "",
         "Obj": spec.object.title(), "Color": spec.color.title(), "Place": spec.place.title(),
-        "At": vocab.PLACES[spec.place].title(), "Kind": spec.main.kind.title(),
+        "At": vocab.PLACES[spec.place], "Kind": spec.main.kind.title(),  # "Lost in the Woods"
         "Helper": spec.helper.kind.title() if spec.helper else "",
     }
 
