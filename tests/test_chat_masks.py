@@ -145,3 +145,16 @@ def test_system_prompt_added_when_missing(tok):
     ex = encode_chat(tok, msgs, system="be nice")
     assert tok.decode(ex.input_ids).startswith("<|im_start|>system\nbe nice<|im_end|>")
     assert render_prompt(tok, "tom", system="be nice").endswith("<|im_start|>user\ntom<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_template_that_rewrites_earlier_turns_is_refused(tok):
+    # Renders only the last user turn in full: prefixes are not prefixes of the whole, so reply
+    # tokens cannot be located by incremental rendering; the error names the fix.
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'user' and not loop.last and loop.index < messages|length - 1 %}"
+        "{{ 'U: ...\\n' }}{% elif m['role'] == 'user' %}{{ 'U: ' + m['content'] + '\\n' }}"
+        "{% else %}{{ 'A: ' + m['content'] + '\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'A: ' }}{% endif %}"
+    )
+    with pytest.raises(DataError, match=r"not prefix-stable.*template=chatml"):
+        encode_chat(tok, MULTI[1:], template=template)
