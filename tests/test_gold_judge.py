@@ -97,6 +97,21 @@ def test_free_prompt_scores_fluency_and_repetition_only():
     assert judge("What do you think?", "zzq xqv wpt").reward < r.reward
 
 
+def test_echoing_the_prompt_is_worth_nothing():
+    """Echo 1 → quality · (1 - 2 · 0.5) = 0, although every constraint word is present."""
+    r = judge(PROMPT, PROMPT)
+    assert r.echo == 1.0 and r.constraint_rate == 1.0 and r.reward == 0.0
+    story = GOOD
+    summary_prompt = f"Summarize this story in one sentence.\n\n{story}"
+    copied, real = judge(summary_prompt, story), judge(summary_prompt, "Mia found her lost red ball at the park.")
+    assert copied.echo == 1.0 and copied.reward == 0.0 and real.reward > 0.9
+    # answers and titles may quote the story: no echo penalty there
+    assert judge(f"Give this story a title.\n\n{story}", "A Sunny Day").echo == 0.0
+    for r in make_dataset("instruct", 300, 1):
+        prompt, reply = (m["content"] for m in r["messages"])
+        assert judge(prompt, reply).echo < 0.5  # generated replies are never penalised for echo
+
+
 def test_chat_markers_are_ignored():
     rendered = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
     assert judge(rendered, GOOD + "<|im_end|>") == judge(PROMPT, GOOD)

@@ -15,8 +15,11 @@ Formula (all factors in [0, 1]):
       complete     1 if the text ends a sentence (. ! ? or a closing quote), else 0.5
       length       min(1, sentences / 3)   (continuations: min(1, sentences / 2))
       fluency      vocab_share * sentence_ok * complete * length
-    other tasks (summary, title, qa, free): fluency = vocab_share
-    quality      fluency * (1 - repetition)
+    other tasks: fluency = vocab_share * min(1, brief / words), brief = 40 (summary), 10 (title),
+                 8 (qa) words; free prompts: vocab_share
+    echo         share of the response's 3-grams that occur in the prompt (write, continue and
+                 summary only; answers and titles may quote the story)
+    quality      fluency * (1 - repetition) * (1 - 2 * max(0, echo - 0.5))
     constraints  parsed from the prompt (prompts.parse_constraints); each checked on the response:
                  name (exact word), kind (word, plural allowed), place (phrase), object (word,
                  plural allowed; with a colour, "colour object" must appear), ending (the
@@ -42,6 +45,7 @@ _WORD = re.compile(r"[a-z]+")
 _SENT_SPLIT = re.compile(r'(?<=[.!?])\s+(?=["A-Z])|(?<=[.!?]")\s+(?=["A-Z])')
 _COMPLETE = re.compile(r'[.!?]"?\s*$')
 _NGRAM = 3
+_BRIEF = {"summary": 40, "title": 10, "qa": 8}  # words a reply to these tasks needs at most
 _SPECIAL = re.compile(r"<\|[^|<>]*\|>|</?s>")  # chat/end markers a decoder may leave in: not words
 
 
@@ -53,6 +57,7 @@ class JudgeResult:
     happy: bool | None = None                       # ending sentiment of the response (None: no cue)
     repetition: float = 0.0                         # repeated word 3-gram fraction
     fluency: float = 0.0                            # vocabulary, sentence and completeness proxy
+    echo: float = 0.0                               # share of the reply's 3-grams copied from the prompt
     task: str = "free"                              # what the prompt was taken to ask
 
 
@@ -79,28 +84,25 @@ def repetition(words: list[str], n: int = _NGRAM) -> float:
 
 @lru_cache(maxsize=1)
 def vocabulary() -> frozenset[str]:
-    """Every lowercase word the generator can write (word lists, arcs, prompts, task texts)."""
-    from lmlab.data.storyworld import arcs, prompts
+    """Every lowercase word a storyworld *reply* can hold (stories, summaries, titles, answers).
+
+    Prompt-only words ("write", "ending", "question") are left out, so echoing the prompt back does
+    not pass for fluent story text."""
+    from lmlab.data.storyworld import arcs
 
     texts: list[str] = [*vocab.NAMES, *vocab.KINDS, *vocab.PLACES, *vocab.OBJECTS, *vocab.COLORS, *vocab.WEATHER,
                         *vocab.HELPERS, *vocab.YOUNG_ADJ, *vocab.GROWN_ADJ, *vocab.ACTIVITIES, *vocab.SNACKS,
                         *vocab.SPOTS, *vocab.SIGHTS, *vocab.SOUNDS, *vocab.MOODS, *vocab.HAPPY_WORDS,
-                        *vocab.SAD_WORDS, "hands paws wings an he she him her his himself herself", *prompts.LEADS, *prompts.PLACE, *prompts.OBJECT]
-    texts.extend(arcs.DETAILS)
-    for alts in (*arcs.OPENINGS, *prompts.ENDING.values(), *prompts.CHARACTER.values(), *prompts.TASK_PROMPTS.values()):
+                        *vocab.SAD_WORDS, "hands paws wings an he she him her his himself herself", *arcs.DETAILS]
+    for alts in arcs.OPENINGS:
         texts.extend(alts)
     for arc in arcs.ARCS:
         for group in (*arc.beats, *arc.happy, *arc.sad, arc.summary, arc.titles):
             texts.extend(group)
-    texts.append(_QUESTION_WORDS)
     words: set[str] = set()
     for t in texts:
         words.update(_WORD.findall(re.sub(r"\{[^}]*\}", " ", t).lower()))
     return frozenset(words)
-
-
-_QUESTION_WORDS = ("who is the story about main character what kind of where does take place in color was weather "
-                   "like how feel at end else with question answer title summarize")
 
 
 @lru_cache(maxsize=8192)
@@ -181,6 +183,8 @@ def judge(prompt: str, response: str) -> JudgeResult:
     sentences = split_sentences(response)
     happy = ending_sentiment(sentences)
     rep = repetition(words)
+    # a story, continuation or summary should be new text; answers and titles may quote the story
+    echo = _echo(words, prompt) if task in ("write", "continue", "opening", "summary") else 0.0
     vocab_share = sum(w in vocabulary() for w in words) / len(words)
     if task in ("write", "continue", "opening"):
         sentence_ok = sum(3 <= len(_WORD.findall(s.lower())) <= 30 for s in sentences) / len(sentences)
@@ -188,8 +192,8 @@ def judge(prompt: str, response: str) -> JudgeResult:
         length = min(1.0, len(sentences) / (3 if task == "write" else 2))
         fluency = vocab_share * sentence_ok * complete * length
     else:
-        fluency = vocab_share
-    quality = fluency * (1.0 - rep)
+        fluency = vocab_share * min(1.0, _BRIEF.get(task, len(words)) / len(words))
+    quality = fluency * (1.0 - rep) * (1.0 - max(0.0, echo - 0.5) * 2.0)
     constraints, answer = _task_constraints(prompt, task)
     checks = check(constraints, response, happy)
     if answer is not None:
@@ -197,7 +201,17 @@ def judge(prompt: str, response: str) -> JudgeResult:
     rate = sum(checks.values()) / len(checks) if checks else 1.0
     reward = quality * (0.25 + 0.75 * rate) if checks else quality
     return JudgeResult(reward=reward, constraints=checks, constraint_rate=rate, happy=happy, repetition=rep,
-                       fluency=fluency, task=task)
+                       fluency=fluency, echo=echo, task=task)
+
+
+def _echo(words: list[str], prompt: str) -> float:
+    """Share of the reply's word 3-grams that are already in the prompt."""
+    grams = [tuple(words[i:i + _NGRAM]) for i in range(len(words) - _NGRAM + 1)]
+    if not grams:
+        return 0.0
+    p = _WORD.findall(prompt.lower())
+    seen = {tuple(p[i:i + _NGRAM]) for i in range(len(p) - _NGRAM + 1)}
+    return sum(g in seen for g in grams) / len(grams)
 
 
 def gold_reward(prompt: str, response: str) -> float:
