@@ -340,4 +340,5 @@ def _write(out: str, results: dict[str, Any], markdown: str, labels: list[str]) 
         table = {name: {m: results[m]["per_set"][name]["ppl"] for m in labels} for name in set_names}
     else:
         table = {m: results[m]["ppl"] for m in labels}
-    bars(table, folder / "ppl.png", title=f"Perplexity ({', '.join(set_names)}), lower is better", ylabel="perplexity")
+    title = "Perplexity by data set (lower is better)" if len(set_names) > 1 else f"Perplexity on {set_names[0]} (lower is better)"
+    bars(table, folder / "ppl.png", title=title, ylabel="perplexity")
