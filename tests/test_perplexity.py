@@ -223,3 +223,25 @@ def test_cli_two_sets_two_models(tmp_path, tiny_qwen2_dir, monkeypatch, capsys):
     assert first["ppl"] == pytest.approx(math.exp((s["nll"] + n["nll"]) / (s["tokens"] + n["tokens"])))
     assert (out / "ppl.png").stat().st_size > 1000
     assert "corpus (token-weighted)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch", ["rnn:tiny", "lstm:tiny", "gru:tiny", "transformer:tiny"])
+def test_every_causal_architecture_windows_and_batches_consistently(arch, tiny_tokenizer_dir):
+    """Our own architectures: padding/batching changes nothing; a covering window = one forward pass."""
+    from transformers import AutoTokenizer
+
+    from lmlab.models import build_model
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    model = build_model(arch, len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        pad_token_id=tok.pad_token_id).eval()
+    texts = [LONG, "the cat.", "mia said she was happy."]
+    one = score_texts(model, tok, texts, max_length=64, stride=16, batch_size=1)
+    many = score_texts(model, tok, texts, max_length=64, stride=16, batch_size=3)
+    assert [a.nll for a in one] == pytest.approx([b.nll for b in many], rel=1e-4)
+    ids = torch.tensor([[tok.eos_token_id, *tok(LONG, add_special_tokens=False)["input_ids"]]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float()  # (T-1, V)
+    full = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+    assert one[0].nll == pytest.approx(full, rel=1e-4) and one[0].tokens == ids.shape[1] - 1
