@@ -153,6 +153,13 @@ def test_continue_and_qa_are_consistent_with_their_stories():
         assert expected_answer(story, question) in r["completion"]
 
 
+def test_unknown_story_field_is_a_config_error_with_a_suggestion():
+    with pytest.raises(ConfigError, match="unknown place 'parc'; did you mean 'park'"):
+        generate_story(0, place="parc")
+    with pytest.raises(ConfigError, match="unknown ending 'happyish'; did you mean 'happy'"):
+        generate_story(0, ending="happyish")
+
+
 def test_unknown_task_is_a_config_error_with_a_suggestion():
     with pytest.raises(ConfigError, match="did you mean 'prefs'"):
         make_dataset("pref", 3, 0)

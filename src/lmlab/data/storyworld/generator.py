@@ -5,7 +5,8 @@ Sampling and rendering are split so that a preference pair can render the *same*
 one thing changed (the place, the ending ...) and the same phrasing everywhere else. Everything is
 driven by a `random.Random` passed in: no global state, same seed → same story.
 
-    >>> generate_story(0).text[:40]   # doctest: +SKIP
+    story = generate_story(0, place="beach", ending="happy")
+    story.text, story.title, story.summary, story.qa
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import random
 import re
 from dataclasses import dataclass, field, replace
 
+from lmlab.config import closest
 from lmlab.data.storyworld import vocab
 from lmlab.data.storyworld.arcs import ARCS, DETAILS, OPENINGS, Arc
+from lmlab.errors import ConfigError
 
 ARCS_BY_NAME: dict[str, Arc] = {arc.name: arc for arc in ARCS}
 HAPPY_SHARE = 0.7  # TinyStories-like: most stories end well
@@ -87,11 +90,11 @@ def expand(template: str, slots: dict[str, str], rng: random.Random) -> str:
     return _ARTICLE.sub(r"\1n ", text.format_map(slots))
 
 
+_GIRLS = frozenset(vocab.GIRL_NAMES)
+
+
 def _gender_of(name: str) -> str:
     return "f" if name in _GIRLS else "m"
-
-
-_GIRLS = frozenset(vocab.GIRL_NAMES)
 
 
 def _pick_name(rng: random.Random, gender: str, avoid: set[str]) -> str:
@@ -119,6 +122,7 @@ def sample_spec(rng: random.Random, *, name: str | None = None, kind: str | None
                 place: str | None = None, object: str | None = None, color: str | None = None,
                 ending: str | None = None, arc: str | None = None, weather: str | None = None) -> Spec:
     """Draw a story's content; any field given is kept as is (that is how prompts constrain it)."""
+    _validate(kind=kind, place=place, object=object, color=color, ending=ending, arc=arc, weather=weather)
     main = _character(rng, name, kind, set())
     arc_ = ARCS_BY_NAME[arc] if arc else rng.choice(ARCS)
     friend = helper = None
@@ -138,6 +142,19 @@ def sample_spec(rng: random.Random, *, name: str | None = None, kind: str | None
         desc=rng.choice(vocab.YOUNG_ADJ if young else vocab.GROWN_ADJ),
         fdesc=rng.choice(vocab.YOUNG_ADJ if friend is None or vocab.is_young(friend.kind) else vocab.GROWN_ADJ),
     )
+
+
+_CHOICES = {"kind": vocab.KINDS, "place": list(vocab.PLACES), "object": vocab.OBJECTS, "color": vocab.COLORS,
+            "ending": ["happy", "sad"], "arc": list(ARCS_BY_NAME), "weather": vocab.WEATHER}
+
+
+def _validate(**fixed: str | None) -> None:
+    """A fixed field must be a storyworld word, or the judge could not find it in the story."""
+    for key, value in fixed.items():
+        if value is not None and value not in _CHOICES[key]:
+            hint = closest(value, _CHOICES[key])
+            raise ConfigError(f"storyworld: unknown {key} {value!r}" + (f"; did you mean {hint!r}?" if hint else
+                              f"; choose one of {', '.join(_CHOICES[key][:12])}, ..."))
 
 
 def _pronouns(prefix: str, ch: Character) -> dict[str, str]:
