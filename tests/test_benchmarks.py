@@ -238,3 +238,24 @@ def test_explicit_path_reads_one_task(tmp_path):
     examples = load_examples(TASKS["arc_challenge"], "test", str(path))
     assert [e.label for e in examples] == [0, 1] and len(examples[1].continuations) == 3
     assert math.isclose(summarize(evaluate_choice(examples, lambda i: [], oracle_scorer(examples)), "choice")["acc"], 1.0)
+
+
+def test_gsm8k_runs_greedy_generation_through_lmlab_generate(mirror, tmp_path, tiny_qwen2_dir):
+    from lmlab.cli import main
+    from lmlab.generate import DecodingConfig, generate
+    from lmlab.models.load import load_model
+
+    out = tmp_path / "gsm"
+    assert main(["eval", "bench", f"model={tiny_qwen2_dir}", "tasks=gsm8k", "limit=2", "shots=1",
+                 "max_new_tokens=8", f"out={out}"]) == 0
+    rows = [json.loads(line) for line in (out / "predictions-gsm8k.jsonl").read_text().splitlines()]
+    metrics = json.loads((out / "metrics.json").read_text())["gsm8k"]
+    assert metrics["n"] == 2 and metrics["fewshot_from"] == "train" and metrics["acc_norm"] is None
+    examples = load_examples(TASKS["gsm8k"], "test")[:2]
+    demo = load_examples(TASKS["gsm8k"], "train")[0].demo()
+    model, tok = load_model(str(tiny_qwen2_dir), device="cpu")
+    prompts = [demo + "\n\n" + ex.contexts[0] for ex in examples]
+    expected = generate(model, tok, prompts, DecodingConfig(max_new_tokens=8, temperature=0, stop=["Question:", "\n\n"]))
+    assert [r["output"] for r in rows] == [e[0] for e in expected]
+    assert [r["gold"] for r in rows] == ["18", "3"]
+    assert metrics["acc"] == sum(r["correct"] for r in rows) / 2
