@@ -31,6 +31,7 @@ class ChatKeys:
     repetition_penalty: float = opt(1.1, "divide logits of already-seen tokens by this (1 = off; Keskar et al. 2019)")
     seed: int | None = opt(None, "seed for sampling (None = random)")
     device: str = opt("auto", "auto, cpu, cuda, mps")
+    threads: int | None = opt(None, "CPU threads for torch (None = torch's default); 1 is fastest on a busy shared CPU")
     trust_remote_code: bool = opt(False, "allow custom model code from the hub")
 
     def validate(self) -> list[str]:
@@ -49,6 +50,8 @@ class ChatKeys:
             problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
         if self.max_history_tokens < 16:
             problems.append(f"max_history_tokens must be >= 16, got {self.max_history_tokens}")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads must be >= 1, got {self.threads}")
         if self.rag_top_k < 1:
             problems.append(f"rag_top_k must be >= 1, got {self.rag_top_k}")
         return problems
@@ -74,6 +77,10 @@ def load_chat_model(keys: ChatKeys) -> tuple[Any, Any]:
     """Model and tokenizer through `lmlab.models.load_model`, in eval mode."""
     from lmlab.models import load_model
 
+    if keys.threads:
+        import torch
+
+        torch.set_num_threads(keys.threads)  # threads that spin-wait on an oversubscribed CPU cost 10x
     model, tokenizer = load_model(keys.model, trust_remote_code=keys.trust_remote_code, device=keys.device)
     model.eval()
     return model, tokenizer
