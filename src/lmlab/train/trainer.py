@@ -198,6 +198,13 @@ class Trainer:
         optimizer = torch.optim.AdamW(param_groups(self.raw, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
                                       fused=self.accelerator.device.type == "cuda")
         self.optimizer = self.accelerator.prepare(optimizer)
+        # Single process, no loss scaler: accelerate's per-step wrappers add nothing but cost (its
+        # optimizer step and zero_grad look for the `lomo` package on disk every call, ~2 ms a step
+        # on CPU), so the step calls torch directly. Distributed and fp16 runs go through accelerate.
+        from accelerate.utils import DistributedType
+
+        self._direct = self.accelerator.distributed_type == DistributedType.NO and getattr(self.accelerator, "scaler", None) is None
+        self._torch_opt: torch.optim.Optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
         warmup = warmup_steps_for(self.total_steps, cfg.warmup_steps, cfg.warmup_ratio)
         self.scheduler = make_scheduler(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
                                         self.total_steps, schedule=cfg.schedule, warmup=warmup, min_lr_ratio=cfg.min_lr_ratio)
@@ -319,7 +326,11 @@ class Trainer:
             with sync:
                 out = self.step_fn(self.forward_model, batch, self.ctx)
                 # one micro-batch on one process: backward(loss) is backward(loss·w)/w without the division
-                acc.backward(out.loss * out.weight if weighted else out.loss)
+                loss = out.loss * out.weight if weighted else out.loss
+                if self._direct:
+                    loss.backward()
+                else:
+                    acc.backward(loss)
             loss_sum = loss_sum + out.loss.detach() * out.weight
             weight += out.weight
             tokens += out.tokens
@@ -338,16 +349,18 @@ class Trainer:
                 torch._foreach_div_(grads, total)
         grad_norm = None
         if cfg.clip_grad is not None:
-            grad_norm = float(acc.clip_grad_norm_(self.params, cfg.clip_grad))
+            clip = torch.nn.utils.clip_grad_norm_ if self._direct else acc.clip_grad_norm_
+            grad_norm = float(clip(self.params, cfg.clip_grad))
         elif (self.state.step + 1) % max(cfg.log_every, 1) == 0:
             grads = [p.grad for p in self.params if p.grad is not None]
             grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         if grad_norm is not None and not math.isfinite(grad_norm) and self.mixed_precision != "fp16":
             self.optimizer.zero_grad(set_to_none=True)
             raise self._diverged("gradient norm", grad_norm)
-        self.optimizer.step()
+        opt = self._torch_opt if self._direct else self.optimizer
+        opt.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         return loss_value, weight, tokens, metric_sums, grad_norm
 
     def _log_train(self, grad_norm: float | None, writer: Any) -> dict[str, Any]:
