@@ -190,3 +190,23 @@ def test_qlora_on_cpu_is_refused_clearly(tiny_qwen2_dir, qwen):
         load_model(str(tiny_qwen2_dir), tuning="qlora")
     with pytest.raises(ConfigError, match="did you mean 'lora'"):
         apply_tuning(qwen, "lroa")
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm"])
+def test_our_recurrent_lm_loads_as_a_reward_model(arch, tiny_tokenizer_dir, tmp_path):
+    causal = save_rnn(tmp_path / arch, tiny_tokenizer_dir, arch)
+    model, tok = load_model(str(tmp_path / arch), kind="sequence-classification")
+    assert type(model).__name__ == f"{arch.upper()}ForSequenceClassification"
+    torch.testing.assert_close(model.embed_tokens.weight, causal.embed_tokens.weight, rtol=0, atol=0)
+    batch = tok(["the cat ran", "a dog ran to the big house"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        scores = model(**batch).logits  # (B, 1): read at each row's last real token
+        alone = model(**tok(["the cat ran"], return_tensors="pt")).logits
+        hidden, _ = model.encode(batch["input_ids"][1:], None)
+        out = model(**batch, labels=torch.tensor([0.5, -1.0]))
+    assert scores.shape == (2, 1)
+    torch.testing.assert_close(scores[0], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores[1], model.score(hidden[0, -1]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.loss, ((scores[:, 0] - torch.tensor([0.5, -1.0])) ** 2).mean())
+    trained = names(apply_tuning(model, "freeze", freeze=FreezeSettings(trainable_layers=1)))
+    assert "score.weight" in trained and "embed_tokens.weight" not in trained

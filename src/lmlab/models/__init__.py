@@ -17,7 +17,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 
 from lmlab.config import closest
 from lmlab.errors import ConfigError
@@ -36,6 +42,7 @@ class Architecture:
     defaults: dict[str, Any] = field(default_factory=dict)
     aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
     help: str = ""
+    classifier_class: type[PreTrainedModel] | None = None  # our archs' sequence-classification twin
 
 
 _DECODER_ALIASES = {"num_layers": ("num_hidden_layers",), "layers": ("num_hidden_layers",)}
@@ -60,11 +67,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
     for a in [
         Architecture("rnn", rnn.RNNConfig, rnn.RNNForCausalLM, rnn.PRESETS, aliases=_DECODER_ALIASES,
-                     help="hand-written Elman RNN (tanh)"),
+                     help="hand-written Elman RNN (tanh)", classifier_class=rnn.RNNForSequenceClassification),
         Architecture("lstm", recurrent.LSTMConfig, recurrent.LSTMForCausalLM, recurrent.PRESETS,
-                     aliases=_DECODER_ALIASES, help="LSTM (nn.LSTM, cuDNN on GPU)"),
+                     aliases=_DECODER_ALIASES, help="LSTM (nn.LSTM, cuDNN on GPU)",
+                     classifier_class=recurrent.LSTMForSequenceClassification),
         Architecture("gru", recurrent.GRUConfig, recurrent.GRUForCausalLM, recurrent.PRESETS,
-                     aliases=_DECODER_ALIASES, help="GRU (nn.GRU, cuDNN on GPU)"),
+                     aliases=_DECODER_ALIASES, help="GRU (nn.GRU, cuDNN on GPU)",
+                     classifier_class=recurrent.GRUForSequenceClassification),
         Architecture("transformer", transformer.CONFIG_CLASS, transformer.MODEL_CLASS, transformer.PRESETS,
                      defaults=transformer.DEFAULTS, aliases=_ATTENTION_ALIASES,
                      help="decoder-only Llama (RoPE, RMSNorm, SwiGLU)"),
@@ -81,6 +90,8 @@ def _register() -> None:
         if model_type.startswith("lmlab_"):
             AutoConfig.register(model_type, arch.config_class, exist_ok=True)
             AutoModelForCausalLM.register(arch.config_class, arch.model_class, exist_ok=True)
+        if arch.classifier_class is not None:
+            AutoModelForSequenceClassification.register(arch.config_class, arch.classifier_class, exist_ok=True)
 
 
 _register()

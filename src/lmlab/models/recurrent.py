@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import PreTrainedConfig
 
 from lmlab.models.rnn import PRESETS as RNN_PRESETS
-from lmlab.models.rnn import RecurrentLMBase
+from lmlab.models.rnn import RecurrentClassifier, RecurrentLMBase
 
 # Same widths and depths as the Elman RNN, so the three recurrent cells compare like for like.
 PRESETS: dict[str, dict] = RNN_PRESETS
@@ -95,3 +95,11 @@ class GRUForCausalLM(RecurrentLMBase):
     def run_layer(self, layer, x, state, mask):
         out, h = run_packed(layer, x, state[:, 0][None].contiguous(), mask)
         return out, h[0][:, None]  # (B, 1, H)
+
+
+class LSTMForSequenceClassification(RecurrentClassifier, LSTMForCausalLM):
+    """LSTM with a scalar/label head (reward models)."""
+
+
+class GRUForSequenceClassification(RecurrentClassifier, GRUForCausalLM):
+    """GRU with a scalar/label head (reward models)."""

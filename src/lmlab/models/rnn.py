@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutputWithPast
 
 
 class RecurrentState:
@@ -107,8 +107,11 @@ class RecurrentLMBase(PreTrainedModel, GenerationMixin):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(self.make_layer(config) for _ in range(config.num_hidden_layers))
         self.drop = nn.Dropout(config.dropout)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.make_head(config)
         self.post_init()
+
+    def make_head(self, config: PreTrainedConfig) -> None:
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
     # -- what a subclass defines ------------------------------------------------------------------
     def make_layer(self, config: PreTrainedConfig) -> nn.Module:
@@ -150,18 +153,14 @@ class RecurrentLMBase(PreTrainedModel, GenerationMixin):
         shape = (batch, self.state_slots, self.config.hidden_size)
         return [ref.new_zeros(shape) for _ in self.layers]
 
-    def forward(
+    def encode(
         self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
         cache: RecurrentState | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int = 0,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
-        """Logits for every position; with `cache`, continue from the state it holds."""
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Top-layer outputs (B, T, H) and the new per-layer states."""
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
         batch, length = x.shape[:2]
         mask = None
@@ -176,6 +175,22 @@ class RecurrentLMBase(PreTrainedModel, GenerationMixin):
             x, state = self.run_layer(layer, x, state, mask)
             x = self.drop(x)
             new_states.append(state)
+        return x, new_states
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        cache: RecurrentState | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for every position; with `cache`, continue from the state it holds."""
+        x, new_states = self.encode(input_ids, attention_mask, cache, inputs_embeds)
+        length = x.shape[1]
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(x)  # (B, T, V)
@@ -189,6 +204,49 @@ class RecurrentLMBase(PreTrainedModel, GenerationMixin):
         )
 
 
+class RecurrentClassifier:
+    """Mixin: a recurrent LM with a `score` head read at each row's last real token (reward models).
+
+    Loads from a causal-LM checkpoint of the same architecture (embeddings and layers match by
+    name; `score` is new), like HF's `…ForSequenceClassification`.
+    """
+
+    _tied_weights_keys = None
+
+    def make_head(self, config: PreTrainedConfig) -> None:
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+
+    def get_output_embeddings(self) -> None:
+        return None
+
+    def can_generate(self) -> bool:
+        return False
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        x, _ = self.encode(input_ids, attention_mask, None, inputs_embeds)
+        logits = self.score(x)  # (B, T, L)
+        batch, length = logits.shape[:2]
+        if attention_mask is None and input_ids is not None and self.config.pad_token_id is not None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        if attention_mask is None:
+            last = torch.full((batch,), length - 1, device=logits.device)
+        else:  # right-most real token, whichever side the padding is on
+            positions = torch.arange(length, device=logits.device)
+            last = (attention_mask.to(logits.device).bool() * positions).amax(dim=1)
+        pooled = logits[torch.arange(batch, device=logits.device), last]  # (B, L)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=pooled, config=self.config)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=pooled)
+
+
 class RNNForCausalLM(RecurrentLMBase):
     """Elman RNN language model (`model=rnn`)."""
 
@@ -199,6 +257,10 @@ class RNNForCausalLM(RecurrentLMBase):
 
     def run_layer(self, layer, x, state, mask):
         return layer(x, state, mask)
+
+
+class RNNForSequenceClassification(RecurrentClassifier, RNNForCausalLM):
+    """Elman RNN with a scalar/label head (`load_model(..., kind="sequence-classification")`)."""
 
 
 PRESETS: dict[str, dict] = {
