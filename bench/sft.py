@@ -1,6 +1,6 @@
 """SFT throughput and peak memory: lmlab (packed / padded) vs TRL `SFTTrainer`, same everything else.
 
-    .venv/bin/python bench/sft.py [steps=40 warmup=5 batch_size=8 max_length=256 n=2000 hidden=256 layers=4]
+    .venv/bin/python bench/sft.py [steps=40 warmup=5 batch_size=8 max_length=256 n=2000 hidden=256 layers=4 rounds=1]
 
 Same model (a Qwen2 built locally and saved once, loaded by every arm from that folder), same
 tokenizer, same data (storyworld/instruct rendered once by `lmlab.data.chat`; TRL receives the
@@ -9,18 +9,24 @@ size, max length, steps, learning rate, AdamW, fp32 on CPU (bf16 on a GPU), sdpa
 
 Each arm runs in its own subprocess so peak memory is its own. Timing excludes `warmup` steps
 and counts real (non-pad) tokens, measured the same way for every arm: a forward pre-hook on the
-model counts `input_ids != pad` and stamps the time of each training forward. Peak memory: RSS
+model counts `input_ids != pad` and stamps the wall and process CPU time of each training forward
+(tokens per CPU-second is the steadier figure on a shared machine; `rounds=N` repeats every arm
+in alternating order and reports medians). Peak memory: RSS
 sampled every 5 ms by a thread (CPU), `torch.cuda.max_memory_allocated` (GPU); reported as the
 peak and as the peak above the RSS after the model was loaded.
 
-Arms: lmlab packed (padding-free rows, `packing=true`), lmlab padded, TRL padded (its default),
-TRL packed (`packing=True`, BFD, padding-free). Prints one JSON object; the headline ratios
-compare lmlab packed with TRL's default, the `_packed`/`_padded` ones like with like.
+Arms: lmlab packed (padding-free rows, `packing=true`), lmlab padded, TRL padded (no packing,
+gradient checkpointing off like lmlab), TRL packed (`packing=True`: BFD, padding-free, one
+flattened row per batch) and TRL defaults (padded with gradient checkpointing on, TRL's default).
+Prints one JSON object. Headline: `tokens_per_s_vs_trl` / `peak_mem_vs_trl` = lmlab packed vs TRL
+padded (identical settings but packing); `_vs_trl_packed`, `_vs_trl_defaults`, `_vs_trl_padded`
+(lmlab padded vs TRL padded: the loop alone) are the other comparisons.
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -189,21 +195,27 @@ def main(argv: list[str]) -> None:
     arms = str(opts.pop("arms", ",".join(ARMS))).split(",")
     root = Path(tempfile.mkdtemp(prefix="bench-sft-"))
     prepare(opts, root)
-    results: dict[str, Any] = {}
-    for arm in arms:
-        proc = subprocess.run([sys.executable, __file__, "--child", arm, str(root), json.dumps(opts)],
-                              capture_output=True, text=True, env={**os.environ, "LMLAB_QUIET": "1"})
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"arm {arm} failed (exit {proc.returncode})")
-        results[arm] = json.loads(line[len("RESULT "):])
-        print(f"{arm}: {results[arm]['tokens_per_s']:.0f} tok/s, peak RSS {results[arm]['peak_rss_mb']:.0f} MB",
-              file=sys.stderr)
+    rounds = int(opts.pop("rounds", 1))
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    for r in range(rounds):
+        # alternate the order every round so a slow drift in machine load hits every arm alike
+        for arm in (arms if r % 2 == 0 else arms[::-1]):
+            proc = subprocess.run([sys.executable, __file__, "--child", arm, str(root), json.dumps(opts)],
+                                  capture_output=True, text=True, env={**os.environ, "LMLAB_QUIET": "1"})
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(proc.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"arm {arm} failed (exit {proc.returncode})")
+            runs[arm].append(json.loads(line[len("RESULT "):]))
+            print(f"round {r}: {arm}: {runs[arm][-1]['tokens_per_s']:.0f} tok/s, "
+                  f"{runs[arm][-1]['tokens_per_cpu_s']:.0f} tok/cpu-s, peak RSS {runs[arm][-1]['peak_rss_mb']:.0f} MB",
+                  file=sys.stderr)
+    # per arm: the median of each figure over rounds (robust to one disturbed run)
+    results = {arm: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for arm, rs in runs.items()}
     mem = "peak_cuda_mb" if "peak_cuda_mb" in results.get(arms[0], {}) else "peak_rss_mb"
     summary: dict[str, Any] = {"config": opts, "data": json.loads((root / "stats.json").read_text()),
                                "device": "cuda" if mem == "peak_cuda_mb" else "cpu", "memory_metric": mem,
-                               "arms": results}
+                               "rounds": rounds, "arms": results}
     def ratio(a: str, b: str, key: str) -> float:
         return results[a][key] / results[b][key]
 
