@@ -99,7 +99,11 @@ def test_always_first_choice_scores_the_share_of_first_answers(mirror):
 
 def test_acc_norm_divides_by_characters():
     ex = Example(["Q:"] * 2, [" a", " abcdefgh"], label=1)
-    # log-likelihoods -1.0 (2 chars) and -2.0 (9 chars): acc picks the short one, acc_norm the long one
+    # the joining space is not counted: " ab" / " abcdef" with -2.0 / -5.5 → -1.0 vs -0.917 per character
+    # (picks the second); counting the space would give -0.667 vs -0.786 (the first)
+    spaced = Example(["Q:"] * 2, [" ab", " abcdef"], label=1)
+    assert evaluate_choice([spaced], lambda i: [], lambda reqs: [-2.0, -5.5])[0]["pred_norm"] == 1
+    # -1.0 over 1 character vs -2.0 over 8: acc picks the short choice, acc_norm the long one
     rows = evaluate_choice([ex], lambda i: [], lambda reqs: [-1.0, -2.0])
     assert rows[0]["pred"] == 0 and rows[0]["pred_norm"] == 1
     summary = summarize(rows, "choice")

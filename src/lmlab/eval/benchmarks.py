@@ -159,7 +159,8 @@ def evaluate_choice(examples: Sequence[Example], demos: Callable[[int], list[Exa
         per_item[i].append(ll)
     rows = []
     for ex, ll in zip(examples, per_item, strict=True):
-        norm = [v / max(1, len(c)) for v, c in zip(ll, ex.continuations, strict=True)]
+        # lm-eval divides by the length of the choice text, without the space that joins it to the prompt
+        norm = [v / max(1, len(c.lstrip(" "))) for v, c in zip(ll, ex.continuations, strict=True)]
         pred, pred_norm = max(range(len(ll)), key=ll.__getitem__), max(range(len(norm)), key=norm.__getitem__)
         rows.append({"label": ex.label, "pred": pred, "pred_norm": pred_norm, "loglik": ll, "subject": ex.subject,
                      "correct": pred == ex.label, "correct_norm": pred_norm == ex.label, "choices": len(ll)})
