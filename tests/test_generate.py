@@ -152,3 +152,17 @@ def test_generate_command_writes_samples(tiny_qwen2_dir, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["samples"] == 2 and 0 < metrics["new_tokens"] <= 10
     assert rows[0]["text"] in capsys.readouterr().out
+
+
+def test_prompt_files_and_their_errors(tmp_path):
+    from lmlab.errors import DataError
+    from lmlab.generate import read_prompts
+
+    (tmp_path / "p.txt").write_text("the cat\n\na dog, a ball\n")
+    assert read_prompts(str(tmp_path / "p.txt")) == ["the cat", "a dog, a ball"]
+    (tmp_path / "p.jsonl").write_text('{"prompt": "one"}\n{"text": "two"}\n')
+    with pytest.raises(DataError, match=r"p\.jsonl:2: expected an object with a 'prompt' string"):
+        read_prompts(str(tmp_path / "p.jsonl"))
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "one"}\n{oops\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid JSON"):
+        read_prompts(str(tmp_path / "bad.jsonl"))

@@ -57,6 +57,16 @@ def resolve_model_dir(spec: str) -> Path | None:
     return path
 
 
+def quiet_hub_progress() -> None:
+    """In quiet mode (--quiet, CI) also silence transformers' own loading/saving progress bars."""
+    from lmlab.progress import is_quiet
+
+    if is_quiet():
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def resolve_device(device: str | None) -> torch.device | None:
     if device in (None, "", "auto"):
         if torch.cuda.is_available():
@@ -177,6 +187,7 @@ def load_model(
     """
     from lmlab.models import is_architecture
 
+    quiet_hub_progress()
     if kind not in KINDS:
         raise LmlabError(f"kind={kind!r} must be one of {', '.join(KINDS)}")
     if is_architecture(spec) and not Path(spec).is_dir():
