@@ -315,14 +315,17 @@ def _table(cfg: PerplexityConfig, results: dict[str, Any], sets: dict[str, list[
         texts = [(name, i, item) for name, items in sets.items() for i, item in enumerate(items)]
         for k, (_, _, item) in enumerate(texts[: cfg.max_rows]):
             rows.append([_preview(item)] + [per_text[m][k]["ppl"] for m in labels]
-                        + [per_text[m][k]["bytes"] and per_text[m][k]["nll"] / (math.log(2) * per_text[m][k]["bytes"])
-                           for m in labels])
+                        + [_bpb(per_text[m][k]) for m in labels])
         if len(texts) > cfg.max_rows:
             rows.append([f"… {len(texts) - cfg.max_rows} more texts (metrics.json)"] + [None] * (2 * len(labels)))
         rows.append(["mean of per-text ppl"] + [results[m]["mean_text_ppl"] for m in labels] + [None] * len(labels))
     rows.append(["corpus (token-weighted)"] + [results[m]["ppl"] for m in labels] + [results[m]["bpb"] for m in labels])
     title = f"Perplexity ({', '.join(sets)})"
     return print_table(title, header, rows)
+
+
+def _bpb(row: dict[str, Any]) -> float | None:
+    return row["nll"] / (math.log(2) * row["bytes"]) if row["bytes"] else None
 
 
 def _write(out: str, results: dict[str, Any], markdown: str, labels: list[str]) -> None:
