@@ -166,3 +166,16 @@ def test_prompt_files_and_their_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "one"}\n{oops\n')
     with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid JSON"):
         read_prompts(str(tmp_path / "bad.jsonl"))
+
+
+def test_tiny_top_p_is_greedy_and_a_huge_repetition_penalty_never_repeats(tok, qwen):
+    greedy = generate(qwen, tok, ["the cat"], GREEDY)
+    assert generate(qwen, tok, ["the cat"], DecodingConfig(temperature=1.0, top_p=1e-4, max_new_tokens=8, seed=5)) == greedy
+    ids = tok("the cat", return_tensors="pt")
+    kw = generation_kwargs(qwen, tok, DecodingConfig(temperature=0, max_new_tokens=20, repetition_penalty=1e6))
+    kw["eos_token_id"] = None  # let it run all 20 steps
+    out = qwen.generate(**ids, **kw)[0].tolist()
+    assert len(out) == ids.input_ids.shape[1] + 20
+    assert len(set(out)) == len(out)  # no token of the prompt or of the output comes back
+    plain = generate(qwen, tok, ["the cat"], DecodingConfig(temperature=0, max_new_tokens=20))[0][0]
+    assert plain != tok.decode(out[ids.input_ids.shape[1]:], skip_special_tokens=True)
