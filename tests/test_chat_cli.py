@@ -15,7 +15,7 @@ from lmlab.chat.personas import keyword_hit, load_persona
 from lmlab.eval.persona import score
 
 ENV = {**os.environ, "LMLAB_QUIET": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-GREEDY = ["temperature=0", "max_new_tokens=10", "repetition_penalty=1"]
+GREEDY = ["temperature=0", "max_new_tokens=10", "repetition_penalty=1", "threads=1"]
 
 
 @pytest.fixture(scope="module")

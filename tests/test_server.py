@@ -32,7 +32,7 @@ def oracle(model_dir):
 @pytest.fixture(scope="module")
 def server(model_dir):
     proc, url = start_server(["serve", str(model_dir), "port=0", f"api_key={KEY}", "name=tiny",
-                              "max_batch_size=8", "batch_wait_ms=50", "max_tokens_limit=64"])
+                              "max_batch_size=8", "batch_wait_ms=50", "max_tokens_limit=64", "threads=1"])
     yield url
     proc.terminate()
     proc.wait(timeout=30)

@@ -99,7 +99,7 @@ def test_page_in_headless_chromium(model_dir, oracle, index_dir):
             break
     assert len(letters) >= 3, "no candidate question gives a visible answer; change the candidates"
     proc, url = start_server(["web", str(model_dir), "port=0", "temperature=0", "max_new_tokens=24",
-                              "repetition_penalty=1", f"rag={index_dir}"])
+                              "repetition_penalty=1", "threads=1", f"rag={index_dir}"])
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)

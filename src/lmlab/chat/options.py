@@ -77,7 +77,7 @@ def load_chat_model(keys: ChatKeys) -> tuple[Any, Any]:
     """Model and tokenizer through `lmlab.models.load_model`, in eval mode."""
     from lmlab.models import load_model
 
-    if keys.threads:
+    if getattr(keys, "threads", None):
         import torch
 
         torch.set_num_threads(keys.threads)  # threads that spin-wait on an oversubscribed CPU cost 10x
