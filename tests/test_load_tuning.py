@@ -109,6 +109,9 @@ def test_bad_specs_explain_themselves(tmp_path):
         load_model("rnn:tiny")
     with pytest.raises(LmlabError, match="no such folder"):
         load_model(str(tmp_path / "nope" / "model"))
+    (tmp_path / "quickstart").mkdir()
+    with pytest.raises(LmlabError, match=r"no such folder; did you mean '.*/quickstart'"):
+        load_model(str(tmp_path / "quickstrat"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(LmlabError, match=r"neither config\.json nor adapter_config\.json"):
         load_model(str(tmp_path / "empty"))

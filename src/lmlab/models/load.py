@@ -41,8 +41,16 @@ def resolve_model_dir(spec: str) -> Path | None:
     """The folder holding the model `spec` names, or None when `spec` is not a local folder."""
     path = Path(spec).expanduser()
     if not path.is_dir():
-        if _looks_like_path(spec):
-            raise LmlabError(f"model={spec}: no such folder (a run folder, a model folder or a hub id such as Qwen/Qwen2.5-0.5B)")
+        # runs/quickstrat (a typo under an existing folder) is a missing folder, not a hub id
+        if _looks_like_path(spec) or ("/" in spec and path.parent.is_dir() and str(path.parent) not in ("", ".")):
+            from lmlab.config import closest
+
+            siblings = [p.name for p in path.parent.iterdir() if p.is_dir()] if path.parent.is_dir() else []
+            hint = closest(path.name, siblings)
+            raise LmlabError(
+                f"model={spec}: no such folder" + (f"; did you mean '{path.parent / hint}'?" if hint else "")
+                + " (give a run folder, a model folder or a hub id such as Qwen/Qwen2.5-0.5B)"
+            )
         return None
     final = path / "final"
     if final.is_dir():
