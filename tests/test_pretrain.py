@@ -153,3 +153,20 @@ def test_continued_pretraining_of_a_hf_model(corpus_file, tiny_qwen2_dir, tmp_pa
     assert float(l1) < float(l0)  # four steps on this corpus already help on a sentence of its words
     with pytest.raises(ConfigError, match="only applies to architectures"):
         _pt(model=str(tiny_qwen2_dir), data=str(corpus_file), arch={"hidden_size": 8}, out=str(tmp_path / "x"))
+
+
+def test_cli_keys_and_resume_of_a_finished_run(corpus_file, tiny_tokenizer_dir, tmp_path, capsys):
+    from lmlab.cli import main
+
+    out = tmp_path / "gru"
+    args = ["train", "pt", "model=gru:tiny", f"data={corpus_file}", f"tokenizer={tiny_tokenizer_dir}", "max_steps=2",
+            "save_every=1", "seed=3", f"out={out}", "batch_size=2", "max_length=16", "arch.hidden_size=16"]
+    assert main(args) == 0
+    assert "val ppl" in capsys.readouterr().out
+    run = RunDir(out)
+    assert [p.name for p in run.checkpoints()] == ["step-1", "step-2"] and run.is_done()
+    before = run.metrics()
+    assert main([*args, "--resume"]) == 0  # finished: nothing to do, nothing rewritten
+    assert run.metrics() == before
+    assert main([*args[:-1], "arch.hidden_sise=16"]) == 2  # a typo is refused with a suggestion
+    assert "hidden_size" in capsys.readouterr().err

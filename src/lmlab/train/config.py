@@ -93,6 +93,22 @@ class PretrainConfig(TrainConfig):
     tokenizer_kind: Literal["bpe", "char"] = opt("bpe", "tokenizer trained for from-scratch models")
     arch: dict[str, Any] = opt({}, "architecture overrides, e.g. {hidden_size: 256, num_layers: 4}")
 
+    def validate(self) -> list[str]:
+        """Also check `arch` keys against the architecture now, not after the data is loaded."""
+        from lmlab.errors import ConfigError
+        from lmlab.models import build_config, is_architecture
+
+        problems = super().validate()
+        if is_architecture(self.model):
+            try:
+                build_config(self.model, self.vocab_size, overrides=self.arch or None)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        elif self.arch:
+            problems.append(f"arch={self.arch} only applies to architectures built from scratch "
+                            f"(rnn, lstm, gru, transformer, seq2seq), not model={self.model}")
+        return problems
+
 
 @dataclass
 class SFTConfig(TrainConfig):
