@@ -229,3 +229,55 @@ def test_persona_and_rag_reach_the_prompt(model_dir, tmp_path):
             {"role": "system", "content": "You are terse."}, {"role": "user", "content": "How do I bake bread?"}]})
         assert r.json()["sources"] == [] and "Captain Salt" not in seen[1] and "Reference documents" not in seen[1]
     assert isinstance(cfg, ChatKeys) and json.loads(r.text)["choices"][0]["message"]["content"] == "ok"
+
+
+def test_n_choices_and_usage(client):
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                       temperature=1.0, n=3)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.finish_reason in ("stop", "length") for c in r.choices)
+    lengths = [c.finish_reason == "length" for c in r.choices]
+    assert sum(lengths) * 5 <= r.usage.completion_tokens <= 15  # each "length" choice used all 5 tokens
+
+
+def test_full_queue_answers_429_and_slots_are_released(model_dir):
+    """max_concurrency=1, max_queue=0: a second request while one runs is refused, then accepted."""
+    from fastapi.testclient import TestClient
+
+    from lmlab.chat.engine import Completion
+    from lmlab.chat.server import ServeConfig, Server, create_app
+
+    release = threading.Event()
+    started = threading.Event()
+
+    class Slow:
+        model = type("M", (), {"config": type("C", (), {"max_position_embeddings": 4096})()})()
+        tokenizer = GreedyOracle(model_dir).tok
+        batches_run = largest_batch = 0
+
+        def count_tokens(self, text: str) -> int:
+            return 1
+
+        def submit(self, prompt, cfg, *, on_delta=None, on_done=None):
+            def work():
+                started.set()
+                release.wait(30)
+                on_done(Completion("done", 1, 1, "stop"))
+
+            threading.Thread(target=work, daemon=True).start()
+            return type("H", (), {"cancel": lambda self: None})()
+
+    cfg = ServeConfig(model=str(model_dir), max_concurrency=1, max_queue=0)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}
+    with TestClient(create_app(Server(Slow(), cfg, model_name="tiny"))) as http:
+        first: list = []
+        t = threading.Thread(target=lambda: first.append(http.post("/v1/chat/completions", json=body)))
+        t.start()
+        assert started.wait(30)
+        busy = http.post("/v1/chat/completions", json=body)
+        assert busy.status_code == 429 and busy.json()["error"]["code"] == "queue_full"
+        release.set()
+        t.join(30)
+        assert first[0].status_code == 200 and first[0].json()["choices"][0]["message"]["content"] == "done"
+        again = http.post("/v1/chat/completions", json=body)  # the slot was given back
+        assert again.status_code == 200
