@@ -20,7 +20,6 @@ from typing import Any
 from lmlab.config import closest
 from lmlab.errors import DataError, LmlabError
 from lmlab.runs import atomic_write_json
-from lmlab.templates import PLAIN
 
 COMMAND_HELP = {
     "/quit": "end the chat (Ctrl-D too)",
@@ -37,11 +36,12 @@ ROLES = ("system", "user", "assistant")
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """The prompt text for `messages`, ending where the assistant's reply starts.
 
-    Uses the tokenizer's own chat template; a tokenizer without one (a bare from-scratch
-    tokenizer) gets the `plain` template ("User: … Assistant:").
+    The tokenizer's own chat template, through `lmlab.generate.chat_prompt` (ChatML for a
+    tokenizer without one), so chat, serve, web and `lmlab generate chat=true` read the same text.
     """
-    template = None if getattr(tokenizer, "chat_template", None) else PLAIN
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, chat_template=template)
+    from lmlab.generate import chat_prompt
+
+    return chat_prompt(tokenizer, messages)
 
 
 @dataclass
