@@ -245,3 +245,18 @@ def test_every_causal_architecture_windows_and_batches_consistently(arch, tiny_t
         logits = model(input_ids=ids).logits[0, :-1].float()  # (T-1, V)
     full = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
     assert one[0].nll == pytest.approx(full, rel=1e-4) and one[0].tokens == ids.shape[1] - 1
+
+
+def test_one_set_gives_one_row_per_text(tmp_path, tiny_qwen2_dir, capsys):
+    from lmlab.cli import main
+
+    (tmp_path / "s.txt").write_text("the cat ran.\n\nmia found a red ball.\n\na dog.\n")
+    out = tmp_path / "o"
+    assert main(["eval", "ppl", f"model={tiny_qwen2_dir}", f"data={tmp_path / 's.txt'}", "max_rows=2", f"out={out}"]) == 0
+    printed = capsys.readouterr().out
+    assert "the cat ran." in printed and "mia found a red ball." in printed and "… 1 more texts" in printed
+    metrics = next(iter(json.loads((out / "metrics.json").read_text()).values()))
+    per_text = metrics["per_text"]
+    assert len(per_text) == 3 and metrics["texts"] == 3
+    assert metrics["mean_text_ppl"] == pytest.approx(sum(t["ppl"] for t in per_text) / 3)
+    assert metrics["tokens"] == sum(t["tokens"] for t in per_text)
