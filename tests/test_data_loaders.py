@@ -219,3 +219,16 @@ def test_byte_order_mark_and_non_utf8(tmp_path):
     bad.write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match=r"broken.jsonl.gz: cannot read"):
         load_texts(bad)
+
+
+def test_name_at_split_picks_the_split(tmp_path):
+    from lmlab.data.loaders import split_spec
+
+    assert split_spec("ptb@test", "train") == ("ptb", "test")
+    assert split_spec("storyworld/pretrain", "validation") == ("storyworld/pretrain", "validation")
+    odd = tmp_path / "me@home.txt"  # an existing file keeps its @
+    odd.write_text("hello\n")
+    assert split_spec(str(odd), "train") == (str(odd), "train")
+    val = load_texts("storyworld/pretrain@validation", limit=5)
+    assert val == load_texts("storyworld/pretrain", split="validation", limit=5)
+    assert val != load_texts("storyworld/pretrain", limit=5)

@@ -235,11 +235,25 @@ def read_storyworld(task: str, split: str, n: int | None, seed: int) -> Iterator
 
 
 # -- entry points -------------------------------------------------------------------------------------
+def split_spec(spec: str | Path, split: str) -> tuple[str, str]:
+    """`"ptb@test"` → `("ptb", "test")`; a spec without `@` (or an existing path) keeps `split`."""
+    text = str(spec)
+    if "@" in text and not Path(text).expanduser().exists():
+        name, _, at = text.rpartition("@")
+        if name and at:
+            return name, at
+    return text, split
+
+
 def iter_rows(
     spec: str | Path, *, split: str = "train", text_unit: str | None = None, n: int | None = None, seed: int = 0,
 ) -> tuple[Iterator[Row], dict[str, str], str | None]:
-    """(rows, the registry's column mapping, the registry's kind) for any spec."""
-    text = str(spec)
+    """(rows, the registry's column mapping, the registry's kind) for any spec.
+
+    `NAME@SPLIT` picks a split of a named or hub set (`ptb@validation`), overriding `split`, so
+    one key can say "train on this split" wherever a dataset is named.
+    """
+    text, split = split_spec(spec, split)
     path = Path(text).expanduser()
     if path.exists():
         return read_rows(path, split=split, text_unit=text_unit or "paragraph"), {}, None
