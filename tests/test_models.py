@@ -197,3 +197,20 @@ def test_count_parameters_counts_tied_weights_once():
     assert total == expected == trainable
     model.embed_tokens.weight.requires_grad_(False)
     assert zoo.count_parameters(model) == (expected - V * h, expected)
+
+
+@pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])
+def test_packed_examples_do_not_leak_state(arch):
+    """A row packing [a | b | pad] with position_ids restarts gives each example's own logits."""
+    model = tiny(arch).eval()
+    a, b = torch.randint(3, V, (1, 5)), torch.randint(3, V, (1, 3))
+    row = torch.cat([a, b, torch.full((1, 2), 2)], 1)
+    other = torch.randint(3, V, (1, 10))  # a second row holding a single example
+    pos = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1], list(range(10))])
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([row, other]), position_ids=pos).logits
+        torch.testing.assert_close(packed[0, :5], model(input_ids=a).logits[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed[0, 5:8], model(input_ids=b).logits[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(packed[1], model(input_ids=other).logits[0], atol=1e-5, rtol=1e-5)
+        leaky = model(input_ids=row).logits
+    assert not torch.allclose(leaky[0, 5:8], packed[0, 5:8], atol=1e-4)

@@ -159,9 +159,18 @@ class RecurrentLMBase(PreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None,
         cache: RecurrentState | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Top-layer outputs (B, T, H) and the new per-layer states."""
+        """Top-layer outputs (B, T, H) and the new per-layer states.
+
+        `position_ids` restarting at 0 inside a row mark packed examples (padding-free SFT): each
+        example then starts from a zero state, exactly as if it were alone.
+        """
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, H)
+        # generate() also passes position_ids, but always with an attention_mask; packed batches have none
+        packed = cache is None and attention_mask is None and position_ids is not None
+        if packed and bool((position_ids[:, 1:] == 0).any()):
+            return self._encode_packed(x, position_ids), []
         batch, length = x.shape[:2]
         mask = None
         if attention_mask is not None:
@@ -177,10 +186,32 @@ class RecurrentLMBase(PreTrainedModel, GenerationMixin):
             new_states.append(state)
         return x, new_states
 
+    def _encode_packed(self, x: torch.Tensor, position_ids: torch.LongTensor) -> torch.Tensor:
+        """Unpack rows of several examples into one right-padded batch of examples, run, repack."""
+        batch, length = position_ids.shape
+        steps = torch.arange(length, device=x.device).expand(batch, length)  # (B, T)
+        starts = position_ids == 0
+        starts[:, 0] = True
+        start_at = torch.cummax(torch.where(starts, steps, 0), dim=1).values  # (B, T)
+        offset = steps - start_at  # position inside its example
+        per_row = starts.sum(1)  # (B,)
+        example = starts.long().cumsum(1) - 1 + (per_row.cumsum(0) - per_row)[:, None]  # (B, T) global example id
+        n, width = int(per_row.sum()), int(offset.max()) + 1
+        seg = x.new_zeros(n, width, x.shape[-1])  # (N, L, H)
+        seg[example, offset] = x
+        lengths = torch.bincount(example.flatten(), minlength=n)  # (N,)
+        mask = torch.arange(width, device=x.device)[None, :] < lengths[:, None]  # (N, L)
+        h = self.drop(seg)
+        for layer, state in zip(self.layers, self.zero_state(n, h), strict=True):
+            h, _ = self.run_layer(layer, h, state, None if bool(mask.all()) else mask)
+            h = self.drop(h)
+        return h[example, offset]  # (B, T, H)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
         cache: RecurrentState | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
@@ -189,7 +220,7 @@ class RecurrentLMBase(PreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits for every position; with `cache`, continue from the state it holds."""
-        x, new_states = self.encode(input_ids, attention_mask, cache, inputs_embeds)
+        x, new_states = self.encode(input_ids, attention_mask, cache, inputs_embeds, position_ids)
         length = x.shape[1]
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
@@ -200,7 +231,7 @@ class RecurrentLMBase(PreTrainedModel, GenerationMixin):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         seen = (cache.seen_tokens if cache is not None else 0) + length
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=RecurrentState(new_states, seen) if use_cache else None
+            loss=loss, logits=logits, cache=RecurrentState(new_states, seen) if use_cache and new_states else None
         )
 
 
