@@ -263,3 +263,48 @@ def test_precision_and_epochs_settings(tmp_path):
         Trainer(tiny_model(), lm_step, source, config(precision="fp16"), RunDir(tmp_path / "a"))
     trainer = Trainer(tiny_model(), lm_step, source, config(max_steps=None, epochs=1.5, grad_accum=2), RunDir(tmp_path / "b"))
     assert trainer.total_steps == 9  # ceil(1.5 × 12 / 2)
+
+
+DDP_SCRIPT = '''
+import json, os, sys
+sys.path.insert(0, {tests!r})
+from test_trainer import ListSource, _masked_rows, config, tiny_model
+from lmlab.runs import RunDir
+from lmlab.train.steps import lm_step
+from lmlab.train.trainer import Trainer
+ids, labels = _masked_rows()
+src = ListSource([{{"input_ids": ids[i:i + 2], "labels": labels[i:i + 2]}} for i in range(0, 8, 2)])
+tr = Trainer(tiny_model(), lm_step, src, config(max_steps=1, batch_size=2, grad_accum=2, clip_grad=None), RunDir({out!r}))
+grads = {{}}
+tr._torch_opt.register_step_pre_hook(lambda o, a, k: grads.update((n, p.grad.clone()) for n, p in tr.raw.named_parameters()))
+res = tr.fit()
+import torch
+torch.save(grads, os.path.join({out!r}, f"grads-{{tr.rank}}-of-{{tr.world}}.pt"))
+'''
+
+
+@pytest.mark.slow
+def test_data_parallel_two_processes_equal_full_batch(tmp_path):
+    """torchrun, 2 CPU processes (gloo), batch 2 × accum 2 each: the update is the 8-row token mean."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    out.mkdir()
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out)))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    subprocess.run([str(torchrun), "--nproc_per_node", "2", str(script)], check=True, timeout=600,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    ids, labels = _masked_rows()
+    ref = tiny_model()
+    loss, _ = causal_lm_loss(ref(input_ids=ids).logits, labels)
+    loss.backward()
+    for rank in (0, 1):
+        grads = torch.load(out / f"grads-{rank}-of-2.pt")
+        for name, p in ref.named_parameters():
+            torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-5)
+    rows = RunDir(out).metrics()
+    assert len(rows) == 1 and rows[0]["loss"] == pytest.approx(float(loss.detach()), abs=1e-6)  # main process logs, global mean

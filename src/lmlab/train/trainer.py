@@ -178,11 +178,15 @@ class Trainer:
         self.callbacks: list[Callback] = [*callbacks, *_EXTRA.get()]
         self.should_stop = False
         self.state = TrainerState()
-        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / cfg.grad_accum))
 
         device = _device_for(cfg.device)
         self.mixed_precision = resolve_precision(cfg.precision, device)
         self.accelerator = make_accelerator(self.mixed_precision, cpu=device.type == "cpu")
+        # Data parallel: process r of P takes global micro-batches i·P + r, so one optimizer step
+        # sees batch_size × grad_accum × P examples and every process sees different data.
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.main = self.accelerator.is_main_process
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(train) / (cfg.grad_accum * self.world)))
         if cfg.gradient_checkpointing:
             if not getattr(model, "supports_gradient_checkpointing", False):
                 raise ConfigError(f"gradient_checkpointing=true: {type(model).__name__} does not support it; set it to false")
@@ -244,6 +248,12 @@ class Trainer:
     def _save_checkpoint(self) -> Path:
         step = self.state.step
         path = self.run.checkpoints_dir / f"step-{step}"
+        if self.main:
+            self._write_checkpoint(path)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def _write_checkpoint(self, path: Path) -> None:
         with atomic_dir(path) as tmp:
             save_weights(self.raw, tmp / WEIGHTS)
             config = getattr(self.raw, "config", None)
@@ -259,7 +269,6 @@ class Trainer:
             atomic_write_json(tmp / "trainer_state.json", to_dict(self.state))
         protect = self.run.checkpoints_dir / f"step-{self.state.best_step}" if self.state.best_step is not None else None
         self.run.prune_checkpoints(self.cfg.save_total_limit, protect=protect)
-        return path
 
     def _load_checkpoint(self, path: Path) -> None:
         load_weights(self.raw, path / WEIGHTS)
@@ -277,6 +286,8 @@ class Trainer:
         self.state = TrainerState(**json.loads((path / "trainer_state.json").read_text()))
 
     def _save_best(self) -> None:
+        if not self.main:
+            return
         with atomic_dir(self.run.checkpoints_dir / "best") as tmp:
             save_weights(self.raw, tmp / WEIGHTS)
             atomic_write_json(tmp / "trainer_state.json", {"step": self.state.step, "val_loss": self.state.best_loss})
@@ -284,6 +295,8 @@ class Trainer:
     def _save_final(self) -> None:
         from transformers.utils import logging as hf_logging
 
+        if not self.main:
+            return
         quiet = is_quiet() and hf_logging.is_progress_bar_enabled()
         if quiet:  # save_pretrained's "Writing model shards" bar
             hf_logging.disable_progress_bar()
@@ -320,7 +333,7 @@ class Trainer:
         loss_sum: Tensor | float = 0.0
         weight, tokens, metric_sums = 0.0, 0, {}
         for k in range(cfg.grad_accum):
-            batch = self._to_device(self.train_source.get(self.state.micro))
+            batch = self._to_device(self.train_source.get(self.state.micro * self.world + self.rank))
             self.state.micro += 1
             sync = contextlib.nullcontext() if acc.num_processes == 1 or k == cfg.grad_accum - 1 else acc.no_sync(self.model)
             with sync:
@@ -336,14 +349,18 @@ class Trainer:
             tokens += out.tokens
             for key, v in out.metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + v * out.weight
+        if self.world > 1:  # the logged loss, the NaN check and the gradient divisor cover every process
+            local = torch.tensor([float(loss_sum), weight, float(tokens)], device=acc.device, dtype=torch.float64)
+            loss_sum, weight, tokens = (float(v) for v in acc.reduce(local, "sum"))
+            tokens = int(tokens)
         loss_value = float(loss_sum)
         if not math.isfinite(loss_value):
             self.optimizer.zero_grad(set_to_none=True)
             raise self._diverged("loss", loss_value)
         if weighted:
-            total = weight
-            if acc.num_processes > 1:  # DDP averages gradients over processes; undo that, divide by the global weight
-                total = float(acc.reduce(torch.tensor(weight, device=acc.device), "sum")) / acc.num_processes
+            # each process holds Σ ∇(loss·w) over its micro-batches; DDP averaged them over P
+            # processes, so dividing by (global weight / P) gives Σ_all ∇(loss·w) / Σ_all w
+            total = weight / self.world
             grads = [p.grad for p in self.params if p.grad is not None]
             if grads and total > 0:
                 torch._foreach_div_(grads, total)
@@ -369,11 +386,12 @@ class Trainer:
         row = {"step": s.step, "split": "train", "loss": s.win_loss / w, "lr": self.scheduler.get_last_lr()[0],
                "grad_norm": grad_norm, "tokens": s.tokens,
                "tokens_per_s": s.win_tokens / s.win_time if s.win_time > 0 else 0.0,
-               "elapsed_s": s.elapsed_s, "epoch": s.micro / len(self.train_source),
+               "elapsed_s": s.elapsed_s, "epoch": s.micro * self.world / len(self.train_source),
                **{k: v / w for k, v in s.win_metrics.items()}}
         s.last_train_loss = row["loss"]
         s.win_loss, s.win_weight, s.win_tokens, s.win_time, s.win_metrics = 0.0, 0.0, 0, 0.0, {}
-        self.run.log_metrics(row)
+        if self.main:
+            self.run.log_metrics(row)
         if writer is not None:
             for k, v in row.items():
                 if k not in ("step", "split") and v is not None:
@@ -387,7 +405,8 @@ class Trainer:
         metrics = self.evaluate()
         s.last_eval_step = s.step
         row = {"step": s.step, "split": "val", **metrics}
-        self.run.log_metrics(row)
+        if self.main:
+            self.run.log_metrics(row)
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"val/{k}", v, s.step)
@@ -411,9 +430,10 @@ class Trainer:
             ckpt = self.run.latest_checkpoint()
             self._load_checkpoint(ckpt)
             s = self.state
-            self.run.truncate_metrics(s.step)
+            if self.main:
+                self.run.truncate_metrics(s.step)
             log(f"resumed from {ckpt} (step {s.step}/{self.total_steps})")
-        elif self.run.metrics_path.exists():  # nothing to resume from: rows of an earlier attempt go
+        elif self.main and self.run.metrics_path.exists():  # nothing to resume from: rows of an earlier attempt go
             self.run.truncate_metrics(0)
         writer = self._writer(purge_step=s.step if s.step else None)
         stopped_early = False
@@ -452,12 +472,14 @@ class Trainer:
             if self.eval_source is not None and s.last_eval_step != s.step:
                 self._eval_and_track(writer)
             if cfg.keep_best and s.best_step is not None and s.best_step != s.step:
+                self.accelerator.wait_for_everyone()  # best/ is written by the main process
                 best = self.run.checkpoints_dir / "best"
                 saved = json.loads((best / "trainer_state.json").read_text()) if (best / "trainer_state.json").exists() else {}
                 if saved.get("step") == s.best_step:
                     load_weights(self.raw, best / WEIGHTS)
                     log(f"final/ holds the best weights on val (step {s.best_step}, val loss {s.best_loss:.4f})")
             self._save_final()
+            self.accelerator.wait_for_everyone()
         finally:
             if writer is not None:
                 writer.close()
@@ -468,7 +490,8 @@ class Trainer:
             "tokens": s.tokens, "tokens_per_s": s.tokens / s.elapsed_s if s.elapsed_s > 0 else 0.0,
             "elapsed_s": s.elapsed_s, "stopped_early": stopped_early, "final": str(self.run.final_dir),
         }
-        self.run.finish(result)
+        if self.main:
+            self.run.finish(result)
         for cb in self.callbacks:
             cb.on_train_end(self, result)
         return result
