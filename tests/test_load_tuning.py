@@ -213,3 +213,8 @@ def test_our_recurrent_lm_loads_as_a_reward_model(arch, tiny_tokenizer_dir, tmp_
     torch.testing.assert_close(out.loss, ((scores[:, 0] - torch.tensor([0.5, -1.0])) ** 2).mean())
     trained = names(apply_tuning(model, "freeze", freeze=FreezeSettings(trainable_layers=1)))
     assert "score.weight" in trained and "embed_tokens.weight" not in trained
+
+
+def test_lora_on_an_lstm_explains_there_is_nothing_to_adapt(tiny_tokenizer_dir, tmp_path):
+    with pytest.raises(ConfigError, match="no linear layers besides its output head"):
+        apply_tuning(save_rnn(tmp_path / "l", tiny_tokenizer_dir, "lstm"), "lora", LoraSettings(rank=2))

@@ -137,6 +137,14 @@ def apply_lora(model: nn.Module, lora: Any) -> nn.Module:
 
     targets = list(lora.targets or ["all-linear"])
     target_modules: str | list[str] = "all-linear" if targets == ["all-linear"] else targets
+    head = _base(model).get_output_embeddings() if hasattr(_base(model), "get_output_embeddings") else None
+    if target_modules == "all-linear" and not any(
+        isinstance(m, nn.Linear) and m is not head for m in _base(model).modules()
+    ):
+        raise ConfigError(
+            f"tuning=lora: {type(_base(model)).__name__} has no linear layers besides its output head for LoRA to "
+            "adapt (nn.LSTM / nn.GRU keep their weights inside the cell); use tuning=full or tuning=freeze"
+        )
     config = LoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=target_modules, task_type=_task_type(model),
