@@ -76,10 +76,11 @@ def test_story_fields_and_shape():
 
 
 def test_every_story_names_only_its_own_character_place_and_object():
-    """What the judge reads out of a story is exactly what was generated (no stray place/object/kind)."""
+    """What the judge reads out of a story is exactly what was generated (no stray place/object/kind/weather)."""
     place_re = re.compile(r"\b(" + "|".join(sorted(map(re.escape, vocab.PLACES), key=len, reverse=True)) + r")\b")
     object_re = re.compile(r"\b(" + "|".join(vocab.OBJECTS) + r")s?\b")
     kind_re = re.compile(r"\b(" + "|".join(vocab.KINDS) + r")s?\b")
+    weather_re = re.compile(r"\b(" + "|".join(vocab.WEATHER) + r")\b")
     for s in _stories(2000, seed=2):
         found = parse_constraints(s.text)
         assert (found.name, found.kind, found.place, found.object, found.color) == (
@@ -88,6 +89,7 @@ def test_every_story_names_only_its_own_character_place_and_object():
         objects, kinds = set(object_re.findall(s.text)), set(kind_re.findall(s.text))
         assert places == {s.place} and objects == {s.object}, s.text
         assert kinds <= {s.main.kind} | {o.kind for o in s.others}, s.text
+        assert set(weather_re.findall(s.text)) == {s.weather}, s.text
 
 
 def test_pronouns_agree_with_the_main_character():

@@ -361,4 +361,65 @@ ARCS: tuple[Arc, ...] = (
     ), summary=("{Name} shared food with a hungry {fkind} named {Friend}.",
                 "{Name} did not help a hungry {fkind} named {Friend}."),
        titles=("A Kind Heart", "{Name} Shares", "Food for {Friend}")),
+
+    Arc("treasure_hunt", "friend", (
+        ("{Friend}, a {fdesc} {fkind}, hid a {color} {obj} and gave {Name} a list of clues.",),
+        ("The first clue said, \"Look where the water [drips|trickles].\"",),
+        ("?", "{Name} [searched|hunted] [behind the shed|under the steps|near the old fence] and found the next clue.",
+         "{Name} [scratched|tapped] {his} head and [thought hard|read the clue again]."),
+        ("Clue by clue, {Name} [followed|tracked] the trail [across|around] the {place}.",),
+    ), happy=(
+        ("At last, {Name} found the {color} {obj} {spot}.", "{He} [cheered|laughed] and hugged {Friend}."),
+        ("{Name} solved the last clue and found the {obj}, full of joy.",),
+    ), sad=(
+        ("But the last clue had blown away, and the {obj} was never found.", "{Name} and {Friend} went home upset."),
+        ("{Name} gave up before the last clue and felt sad.",),
+    ), summary=("{Name} followed {Friend}'s clues and found a {color} {obj}.",
+                "{Name} followed {Friend}'s clues but never found the {color} {obj}."),
+       titles=("The Treasure Hunt", "Clue by Clue", "{Friend}'s Clues")),
+
+    Arc("sick_day", "helper", (
+        ("The next morning, {Name} woke up with a [sore throat|runny nose|warm forehead] and had to stay in bed.",),
+        ("{He} [hugged|held] {his} {color} {obj} and looked out of the window.",),
+        ("{His} {helper} brought [warm soup|honey tea|toast with jam] and [read|told] {him} a story.",),
+        ("?", "{Name} [napped|dozed] through the afternoon.", "The hours [crept|dragged] by [slowly|very slowly]."),
+    ), happy=(
+        ("By evening {he} felt [much better|well again].", "{Name} smiled and thanked {his} {helper}."),
+        ("The next morning {Name} was well again and laughed out loud.",),
+    ), sad=(
+        ("{Name} still felt [poorly|awful] and missed playing outside.",),
+        ("{He} had to stay in bed for days and felt [sad|gloomy].",),
+    ), summary=("{Name} was ill, and {his} {helper} took care of {him} until {he} felt better.",
+                "{Name} was ill and missed a day of play."),
+       titles=("A Day in Bed", "{Name} Feels Better", "Get Well, {Name}")),
+
+    Arc("new_home", "helper", (
+        ("{Name} and {his} family were moving to a new home near the {place}.",),
+        ("{Name} packed {his} {color} {obj} [first|carefully] so it would not get lost.",),
+        ("?", "Everything in the new house [smelled|looked] [strange|different].", "{Name} did not know anyone there."),
+        ("{His} {helper} said, \"New places take time to feel like home.\"",),
+    ), happy=(
+        ("Soon a neighbor [waved|said hello], and {Name} smiled back.",),
+        ("By the end of the week, the new house felt cozy, and {Name} was happy there.",),
+    ), sad=(
+        ("{Name} missed {his} old friends.", "{He} cried quietly in {his} new room."),
+        ("That night, {Name} felt lonely in the strange house.",),
+    ), summary=("{Name} moved to a new home near the {place} and came to like it.",
+                "{Name} moved to a new home near the {place} and felt lonely."),
+       titles=("The New House", "{Name} Moves Away", "A New Home")),
+
+    Arc("stargazing", "friend", (
+        ("After dark, {Name} and {his} friend {Friend} lay on a [rug|mat] with {Name}'s {color} {obj} beside them.",),
+        ("They [looked up at|gazed at] the [twinkling|shining|glittering] stars.",),
+        ("\"Those stars look like a [saucepan|question mark|wiggly snake],\" said {Friend}.",),
+        ("?", "A [shooting|falling] star [zipped|streaked] across the sky.", "Somewhere, a night insect [buzzed|chirped]."),
+    ), happy=(
+        ("They made a wish together and [giggled|laughed] under the stars.",),
+        ("{Name} said it was the best night ever.",),
+    ), sad=(
+        ("Then clouds covered the stars, and they could not see a thing.", "{Name} went inside feeling sad."),
+        ("{Friend} had to go home early, and {Name} sat alone and sighed.",),
+    ), summary=("{Name} and {Friend} watched the stars together.",
+                "{Name} and {Friend} tried to watch the stars, but it went wrong."),
+       titles=("Under the Stars", "A Wish for {Name}", "The Shooting Star")),
 )
