@@ -229,12 +229,19 @@ def test_ablation_rejects_bad_grid(tiny_qwen2_dir):
         build(AblationConfig, {"model": str(tiny_qwen2_dir), "grid": {"epochs": [1, 2]}, "max_steps": 5})
 
 
-def test_packing_refused_for_recurrent_models():
+def test_packing_refused_for_models_without_position_ids():
     from lmlab.errors import ConfigError
     from lmlab.models import build_model
     from lmlab.train.sft import check_packing
 
     torch.manual_seed(0)
     check_packing(build_model("transformer:tiny", 300))  # Llama: honours position_ids
-    with pytest.raises(ConfigError, match=r"RNNForCausalLM does not take position_ids.*packing=false"):
-        check_packing(build_model("rnn:tiny", 300))
+    # our recurrent models restart their state at position_ids resets (tests/test_models.py)
+    check_packing(build_model("rnn:tiny", 300))
+
+    class NoPositions(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    with pytest.raises(ConfigError, match=r"NoPositions does not take position_ids.*packing=false"):
+        check_packing(NoPositions())
