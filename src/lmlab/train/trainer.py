@@ -178,6 +178,7 @@ class Trainer:
         self.callbacks: list[Callback] = [*callbacks, *_EXTRA.get()]
         self.should_stop = False
         self.state = TrainerState()
+        self.last_lr = cfg.lr
 
         device = _device_for(cfg.device)
         self.mixed_precision = resolve_precision(cfg.precision, device)
@@ -375,6 +376,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise self._diverged("gradient norm", grad_norm)
         opt = self._torch_opt if self._direct else self.optimizer
+        self.last_lr = self._torch_opt.param_groups[0]["lr"]  # the lr this update used (logged)
         opt.step()
         self.scheduler.step()
         opt.zero_grad(set_to_none=True)
@@ -383,7 +385,7 @@ class Trainer:
     def _log_train(self, grad_norm: float | None, writer: Any) -> dict[str, Any]:
         s = self.state
         w = max(s.win_weight, 1e-12)
-        row = {"step": s.step, "split": "train", "loss": s.win_loss / w, "lr": self.scheduler.get_last_lr()[0],
+        row = {"step": s.step, "split": "train", "loss": s.win_loss / w, "lr": self.last_lr,
                "grad_norm": grad_norm, "tokens": s.tokens,
                "tokens_per_s": s.win_tokens / s.win_time if s.win_time > 0 else 0.0,
                "elapsed_s": s.elapsed_s, "epoch": s.micro * self.world / len(self.train_source),
