@@ -83,7 +83,9 @@ def test_report_has_every_section_and_plot(fake_run):
         data = (fake_run / ref).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000, ref
     # overview row of pt: 20 steps, last train loss 5.0 - 2.0 = 3.0, last val loss 3.9
-    assert "| pt | 20 | 3 | 3.9 |" in md
+    assert "| pt | 20 | 3 | 3.9 |  |" in md
+    # the overview's headline number: the first of HEADLINE_KEYS a stage has
+    assert "| ppl |  |  |  | pt.ppl = 41.5 |" in md and "| judge |  |  |  | table.sft.gold_win_rate = 0.875 |" in md
     # lora.rank is shown for the LoRA stage only
     sft_part = md[md.index("## Stage: sft"):md.index("## Stage: ppl")]
     pt_part = md[md.index("## Stage: pt"):md.index("## Stage: sft")]

@@ -37,6 +37,9 @@ KEY_SETTINGS = (
     "margin", "judge", "max_steps", "epochs", "batch_size", "grad_accum", "max_length", "lr", "schedule",
     "warmup_steps", "precision", "seed", "limit", "n", "temperature", "max_new_tokens", "vocab_size", "kind",
 )
+# What the overview shows for a stage, most telling first (matched on the last part of a flattened key).
+HEADLINE_KEYS = ("eval_accuracy", "accuracy", "val_ppl", "win_rate", "gold_win_rate", "gold_mean", "ppl", "bleu",
+                 "rouge_l", "chars_per_token")
 SAMPLE_TEXT_KEYS = ("completion", "response", "text", "output", "generation", "sample")
 MAX_SAMPLES = 5
 MAX_FLAT_ROWS = 60
@@ -157,8 +160,20 @@ def fmt(value: Any) -> str:
         if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
             return f"{value:.3e}"
         return f"{value:.4g}"
-    text = str(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    if isinstance(value, (list, tuple)):  # e.g. keywords [[word, score], ...] → "word, word, ..."
+        text = ", ".join(str(v[0]) if isinstance(v, (list, tuple)) and v else str(v) for v in value)
+    else:
+        text = str(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def headline_metric(numbers: dict[str, float]) -> tuple[str, float] | None:
+    """The number a stage is judged by, for the overview: the first of HEADLINE_KEYS it has."""
+    for key in HEADLINE_KEYS:
+        for name, value in numbers.items():
+            if name == key or name.endswith("." + key):
+                return name, value
+    return next(((k, v) for k, v in numbers.items() if "loss" not in k and k not in ("steps", "step")), None)
 
 
 def key_settings(config: dict[str, Any]) -> list[tuple[str, str]]:
@@ -304,7 +319,7 @@ def _eval_table(stage: Stage, plots: Path) -> tuple[list[Block], Path | None]:
             head = cols[0]
             chart = bars({str(r): _scalars(v)[head] for r, v in table.items() if head in _scalars(v)},
                          plots / f"{stage.name}_eval.png", title=f"{stage.name}: {head} per {name.rstrip('s')}", ylabel=head)
-    flat = {k: v for k, v in flatten(rest).items() if not (isinstance(v, list) and len(v) > 10)}
+    flat = {k: v for k, v in flatten(rest).items() if not (isinstance(v, list) and len(v) > 30)}
     if flat:
         items = list(flat.items())
         rows = [["metric", "value"]] + [[k, fmt(v)] for k, v in items[:MAX_FLAT_ROWS]]
@@ -326,8 +341,7 @@ def build_report(stages: list[Stage], root: Path, title: str, n_samples: int = M
     for s in stages:
         (_, losses), (_, vals) = loss_series(s.rows)
         steps = max((r.get("step", 0) for r in s.rows), default="")
-        headline = next(iter(numeric(s.eval).items()), None) or next(
-            ((k, v) for k, v in numeric(s.result).items() if "loss" not in k), None)
+        headline = headline_metric({**numeric(s.result), **numeric(s.eval)})
         overview.append([s.name, str(steps), fmt(losses[-1]) if losses else "", fmt(vals[-1]) if vals else "",
                          f"{headline[0]} = {fmt(headline[1])}" if headline else ""])
         if losses:
