@@ -70,3 +70,15 @@ def test_pngs_are_written(tmp_path):
     out = plots.bars({"a": 1.0}, tmp_path / "sub" / "b.png", title="x")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "sub").glob(".*tmp"))  # atomic write left no temp file
+
+
+def test_metric_curves_one_panel_per_key(captured):
+    rows = [{"step": 1, "split": "train", "accuracy": 0.5, "margin": 0.1}, {"step": 2, "split": "train", "accuracy": 0.75},
+            {"step": 2, "split": "val", "accuracy": 0.7, "margin": 0.4}]
+    plots.metric_curves(rows, ["accuracy", "margin", "reward_chosen"], "unused.png")
+    axes = [ax for ax in captured[0].axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["accuracy", "margin", "reward_chosen"]
+    acc = {ln.get_label(): list(ln.get_ydata()) for ln in axes[0].get_lines()}
+    assert acc == {"train": [0.5, 0.75], "val": [0.7]}
+    assert {ln.get_label(): list(ln.get_ydata()) for ln in axes[1].get_lines()} == {"train": [0.1], "val": [0.4]}
+    assert not axes[2].get_lines()  # a key nobody logged gives an empty panel, not an error

@@ -41,6 +41,7 @@ def fake_run(tmp_path):
     pt_rows.insert(10, {"step": 10, "split": "val", "loss": 4.5, "ppl": 90.0})
     pt_rows.append({"step": 20, "split": "val", "loss": 3.9, "ppl": 49.4})
     sft_rows = [{"step": s, "loss": 2.0 - 0.05 * s} for s in range(1, 11)] + [{"step": 10, "val_loss": 1.7}]
+    sft_rows[-2]["accuracy"] = 0.8  # a logged metric besides the loss gets its own curve
     _stage(root, "pt", config={"model": "transformer:tiny", "data": "storyworld/pretrain", "lr": 1e-3, "max_steps": 20,
                                "lora": {"rank": 8}, "tuning": None},
            rows=pt_rows, result={"loss": 3.1, "val_loss": 3.9}, samples=[{"step": 20, "prompt": "Once", "completion": "upon a time"}])
@@ -77,6 +78,7 @@ def test_report_has_every_section_and_plot(fake_run):
     # every referenced image exists and is a non-empty PNG
     refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert "plots/all_losses.png" in refs and "plots/pt_loss.png" in refs and "plots/sft_loss.png" in refs
+    assert "plots/sft_metrics.png" in refs and "plots/pt_metrics.png" not in refs
     # a stage's own PNG is shown; a chart is drawn only for an eval stage that has none
     assert "ppl/ppl.png" in refs and "plots/ppl_eval.png" not in refs and "plots/judge_eval.png" in refs
     for ref in refs:
@@ -113,9 +115,9 @@ def test_csv_and_xlsx_hold_every_number(fake_run):
     report(ReportConfig(run_dir=str(fake_run)))
     with open(fake_run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    # pt: 20 train rows × (loss, lr) + 2 val rows × (loss, ppl); sft: 10 loss + 1 val_loss; results 2+2;
+    # pt: 20 train rows × (loss, lr) + 2 val rows × (loss, ppl); sft: 10 loss + 1 accuracy + 1 val_loss; results 2+2;
     # ppl eval: 2 × (ppl, bpb, per_set.s.ppl); judge eval: 5 table numbers + prompts + paired_p
-    assert len(rows) == 20 * 2 + 2 * 2 + 10 + 1 + 2 + 2 + 6 + 7
+    assert len(rows) == 20 * 2 + 2 * 2 + 10 + 1 + 1 + 2 + 2 + 6 + 7
     assert {"stage": "ppl", "source": "eval", "step": "", "metric": "sft.ppl", "value": "17.25"} in rows
     assert {"stage": "pt", "source": "val", "step": "20", "metric": "loss", "value": "3.9"} in rows
     assert {"stage": "sft", "source": "train", "step": "10", "metric": "val_loss", "value": "1.7"} in rows

@@ -107,6 +107,30 @@ def loss_curves(runs: Mapping[str, Sequence[Mapping]], out: str | Path, *, title
     return _save(fig, out)
 
 
+def metric_curves(rows: Sequence[Mapping], keys: Sequence[str], out: str | Path, *, title: str = "") -> Path:
+    """One panel per logged metric (e.g. a reward model's accuracy and margin), train solid, val dashed."""
+    train, val = split_rows(rows)
+    ncols = min(2, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols + 1, 3.4 * nrows + 0.4), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for part, style, label in ((train, {}, "train"), (val, {"linestyle": "--", "marker": "o", "markersize": 3}, "val")):
+            xs, ys = _series(part, key)
+            if xs:
+                ax.plot(xs, ys, label=label, **style)
+        ax.set_title(key)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)
+
+
 def bars(table: Mapping[str, float] | Mapping[str, Mapping[str, float]], out: str | Path, *,
          title: str = "", ylabel: str = "", fmt: str = "{:.3g}") -> Path:
     """A bar chart, values printed on the bars.

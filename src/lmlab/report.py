@@ -40,6 +40,8 @@ KEY_SETTINGS = (
 # What the overview shows for a stage, most telling first (matched on the last part of a flattened key).
 HEADLINE_KEYS = ("eval_accuracy", "accuracy", "val_ppl", "win_rate", "gold_win_rate", "gold_mean", "ppl", "bleu",
                  "rouge_l", "chars_per_token")
+# Logged metrics besides the loss that get their own curves (reward models, preference stages).
+CURVE_KEYS = ("accuracy", "margin", "reward_chosen", "reward_rejected", "kl", "reward")
 SAMPLE_TEXT_KEYS = ("completion", "response", "text", "output", "generation", "sample")
 MAX_SAMPLES = 5
 MAX_FLAT_ROWS = 60
@@ -331,7 +333,7 @@ def _eval_table(stage: Stage, plots: Path) -> tuple[list[Block], Path | None]:
 
 def build_report(stages: list[Stage], root: Path, title: str, n_samples: int = MAX_SAMPLES) -> list[Block]:
     """The report as blocks; writes the plots it references under root/plots/."""
-    from lmlab.plots import bars, loss_curves, loss_series
+    from lmlab.plots import bars, loss_curves, loss_series, metric_curves
 
     plots = root / "plots"
     blocks = [Block("h1", title), Block("p", f"Run folder: {root}. Stages: {', '.join(s.name for s in stages)}.")]
@@ -368,6 +370,10 @@ def build_report(stages: list[Stage], root: Path, title: str, n_samples: int = M
         if s.trained:
             path = loss_curves({s.name: s.rows}, plots / f"{s.name}_loss.png", title=f"{s.name}: loss")
             blocks += [Block("h3", "Curves"), Block("img", f"{s.name}: train and val loss", path=path)]
+            keys = [k for k in CURVE_KEYS if any(isinstance(r.get(k), (int, float)) for r in s.rows)]
+            if keys:
+                path = metric_curves(s.rows, keys, plots / f"{s.name}_metrics.png", title=f"{s.name}: {', '.join(keys)}")
+                blocks.append(Block("img", f"{s.name}: {', '.join(keys)}", path=path))
         if s.eval:
             table_blocks, chart = _eval_table(s, plots)
             blocks += [Block("h3", "Evaluation"), *table_blocks]
