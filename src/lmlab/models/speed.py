@@ -2,7 +2,8 @@
 
     python -m lmlab.models.speed [size] [device]        # e.g. python -m lmlab.models.speed tiny cpu
 
-Prints one JSON object: per architecture, fwd+bwd tokens/s on batch 8 × 128 tokens, greedy decoding
+On CPU the clock is the process's CPU time with one thread, so figures stay comparable on a
+shared machine; on a GPU it is synchronized wall time. Prints one JSON object: per architecture, fwd+bwd tokens/s on batch 8 × 128 tokens, greedy decoding
 tokens/s (batch 4, 32-token prompts, 64 new tokens) with and without the generation cache, and
 their ratio `decode_cached_vs_uncached` (what carrying the RNN state / the KV cache buys).
 """
@@ -19,12 +20,23 @@ import lmlab.models as zoo
 VOCAB = 2048
 
 
-def _timed(fn, repeats: int) -> float:
+def _clock(device: str):
+    """CPU: process CPU time with one thread (robust on a shared machine); GPU: synchronized wall time."""
+    if device.startswith("cuda"):
+        def wall() -> float:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+
+        return wall
+    return time.process_time
+
+
+def _timed(fn, repeats: int, clock) -> float:
     fn()  # warm-up
-    start = time.perf_counter()
+    start = clock()
     for _ in range(repeats):
         fn()
-    return (time.perf_counter() - start) / repeats
+    return (clock() - start) / repeats
 
 
 def measure(arch: str, size: str, device: str) -> dict[str, float]:
@@ -39,14 +51,16 @@ def measure(arch: str, size: str, device: str) -> dict[str, float]:
         loss.backward()
         opt.step()
 
+    clock = _clock(device)
     model.train()
-    train_s = _timed(train_step, 3)
+    train_s = _timed(train_step, 3, clock)
     model.eval()
     prompt = torch.randint(1, VOCAB, (4, 32), device=device)
-    kw = {"max_new_tokens": 64, "min_new_tokens": 64, "do_sample": False, "pad_token_id": 0}
+    mask = torch.ones_like(prompt)
+    kw = {"attention_mask": mask, "max_new_tokens": 64, "min_new_tokens": 64, "do_sample": False, "pad_token_id": 0}
     with torch.no_grad():
-        cached = _timed(lambda: model.generate(prompt, use_cache=True, **kw), 2)
-        uncached = _timed(lambda: model.generate(prompt, use_cache=False, **kw), 1)
+        cached = _timed(lambda: model.generate(prompt, use_cache=True, **kw), 2, clock)
+        uncached = _timed(lambda: model.generate(prompt, use_cache=False, **kw), 1, clock)
     new = 4 * 64
     return {
         "params": zoo.count_parameters(model)[1],
@@ -60,7 +74,10 @@ def measure(arch: str, size: str, device: str) -> dict[str, float]:
 def main(argv: list[str]) -> None:
     size = argv[0] if argv else "tiny"
     device = argv[1] if len(argv) > 1 else ("cuda" if torch.cuda.is_available() else "cpu")
-    result = {"size": size, "device": device, "threads": torch.get_num_threads()}
+    if device == "cpu":
+        torch.set_num_threads(1)
+    result = {"size": size, "device": device, "threads": torch.get_num_threads(),
+              "clock": "wall" if device.startswith("cuda") else "process cpu time"}
     for arch in ("rnn", "lstm", "gru", "transformer"):
         result[arch] = measure(arch, size, device)
     print(json.dumps(result))
