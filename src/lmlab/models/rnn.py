@@ -31,6 +31,7 @@ class RecurrentState:
     """
 
     is_compileable = False
+    is_croppable = False  # a state cannot be rolled back a token (HF's deferred stop check asks)
 
     def __init__(self, states: list[torch.Tensor], seen_tokens: int):
         self.states = states
