@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import StoppingCriteria
 
 from lmlab.config import opt
 from lmlab.errors import ConfigError
@@ -93,7 +94,7 @@ def generation_kwargs(model: Any, tokenizer: Any, cfg: DecodingConfig) -> dict[s
     return kwargs
 
 
-class StopOnText:
+class StopOnText(StoppingCriteria):
     """A `StoppingCriteria` that finishes a row once its *generated* text contains a stop string.
 
     HF's own `stop_strings` also matches across the prompt boundary (prompt "the" + token "he"
