@@ -50,7 +50,7 @@ def fake_run(tmp_path):
            rows=sft_rows, result={"loss": 1.5, "val_loss": 1.7})
     time.sleep(0.02)
     # eval ppl's layout: one mapping per model, with nested breakdowns the table leaves out
-    _stage(root, "ppl", config={"model": "a,b"}, png=True, eval_metrics={
+    _stage(root, "ppl", config={"model": "a,b"}, png=True, result={"pt": {"ppl": 41.5}, "elapsed_s": 3.0}, eval_metrics={
         "pt": {"model": "runs/x/pt", "ppl": 41.5, "bpb": 1.2, "per_set": {"s": {"ppl": 41.5}}, "per_text": [{"ppl": 1.0}] * 20},
         "sft": {"model": "runs/x/sft", "ppl": 17.25, "bpb": 0.9, "per_set": {"s": {"ppl": 17.25}}, "per_text": []}})
     time.sleep(0.02)
@@ -96,6 +96,9 @@ def test_report_has_every_section_and_plot(fake_run):
     assert "| models | ppl | bpb |" in md and "| pt | 41.5 | 1.2 |" in md and "| sft | 17.25 | 0.9 |" in md
     assert "| models | gold_mean | words | gold_win_rate |" in md and "| pt | 0.25 | 40 |  |" in md
     assert "| judges.gold.models.sft.paired_p | 0.01 |" in md and "per_text" not in md
+    # a recipe copies an eval's metrics into result.json: shown once, only what is new is a final metric
+    ppl_part = md[md.index("## Stage: ppl"):md.index("## Stage: judge")]
+    assert "| elapsed_s | 3 |" in ppl_part and "| pt.ppl |" not in ppl_part
     assert "upon a time" in md
 
 
@@ -117,7 +120,7 @@ def test_csv_and_xlsx_hold_every_number(fake_run):
         rows = list(csv.DictReader(fh))
     # pt: 20 train rows × (loss, lr) + 2 val rows × (loss, ppl); sft: 10 loss + 1 accuracy + 1 val_loss; results 2+2;
     # ppl eval: 2 × (ppl, bpb, per_set.s.ppl); judge eval: 5 table numbers + prompts + paired_p
-    assert len(rows) == 20 * 2 + 2 * 2 + 10 + 1 + 1 + 2 + 2 + 6 + 7
+    assert len(rows) == 20 * 2 + 2 * 2 + 10 + 1 + 1 + 2 + 2 + 1 + 6 + 7  # ppl's result adds only elapsed_s
     assert {"stage": "ppl", "source": "eval", "step": "", "metric": "sft.ppl", "value": "17.25"} in rows
     assert {"stage": "pt", "source": "val", "step": "20", "metric": "loss", "value": "3.9"} in rows
     assert {"stage": "sft", "source": "train", "step": "10", "metric": "val_loss", "value": "1.7"} in rows
@@ -127,7 +130,7 @@ def test_csv_and_xlsx_hold_every_number(fake_run):
     assert [c.value for c in book["pt"][1]] == ["split", "step", "loss", "lr", "ppl"]
     assert [c.value for c in book["pt"][12]] == ["val", 10, 4.5, None, 90.0]
     summary = [tuple(c.value for c in r) for r in book["summary"].iter_rows(min_row=2)]
-    assert ("ppl", "eval", "pt.ppl", 41.5) in summary and len(summary) == 4 + 6 + 7
+    assert ("ppl", "eval", "pt.ppl", 41.5) in summary and len(summary) == 4 + 1 + 6 + 7
 
 
 def test_single_stage_folder(fake_run):

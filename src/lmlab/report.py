@@ -76,6 +76,11 @@ class Stage:
     def trained(self) -> bool:
         return any("loss" in r for r in self.rows)
 
+    def result_only(self) -> dict[str, Any]:
+        """result.json without what metrics.json already says (a recipe copies an eval's metrics there)."""
+        shown = flatten(self.eval)
+        return {k: v for k, v in flatten(self.result).items() if k not in shown or shown[k] != v}
+
 
 def is_stage(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in ARTIFACTS)
@@ -201,7 +206,7 @@ def final_metrics(stage: Stage) -> dict[str, Any]:
                 out[f"last {split} {key}"] = value
     if stage.rows:
         out["last step"] = stage.rows[-1].get("step")
-    out.update(flatten(stage.result))
+    out.update(stage.result_only())
     return out
 
 
@@ -399,7 +404,7 @@ def metric_rows(stages: list[Stage]) -> list[dict[str, Any]]:
                 if key != "step":
                     rows.append({"stage": s.name, "source": r.get("split", "train"), "step": r.get("step", ""),
                                  "metric": key, "value": value})
-        for source, data in (("result", s.result), ("eval", s.eval)):
+        for source, data in (("result", s.result_only()), ("eval", s.eval)):
             for key, value in numeric(data).items():
                 rows.append({"stage": s.name, "source": source, "step": "", "metric": key, "value": value})
     return rows
