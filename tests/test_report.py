@@ -58,6 +58,9 @@ def fake_run(tmp_path):
     _stage(root, "judge", config={"model": "a,b", "judge": "gold"}, eval_metrics={
         "table": {"pt": {"gold_mean": 0.25, "words": 40.0}, "sft": {"gold_mean": 0.75, "gold_win_rate": 0.875, "words": 52.0}},
         "prompts": 8, "judges": {"gold": {"models": {"sft": {"paired_p": 0.01}}}}})
+    (root / "judge" / "samples.md").write_text(
+        "| # | prompt | pt | sft |\n|---|---|---|---|\n| 1 | a cat? | meow\\|purr<br>*gold=0.1* | The cat sat.<br>*gold=0.9* |\n")
+    (root / "judge" / "samples.jsonl").write_text(json.dumps({"prompt": "a cat?", "answer_pt": "meow|purr"}) + "\n")
     # the stage order comes from artifact times, not names: make pt clearly first
     for i, name in enumerate(("pt", "sft", "ppl", "judge")):
         for f in (root / name).iterdir():
@@ -100,6 +103,10 @@ def test_report_has_every_section_and_plot(fake_run):
     ppl_part = md[md.index("## Stage: ppl"):md.index("## Stage: judge")]
     assert "| elapsed_s | 3 |" in ppl_part and "| pt.ppl |" not in ppl_part
     assert "upon a time" in md
+    # eval compare's side-by-side samples become a real table (not a code block), shown once
+    judge_part = md[md.index("## Stage: judge"):]
+    assert "### Side-by-side samples" in judge_part and "### Samples" not in judge_part and "```" not in judge_part
+    assert "| 1 | a cat? | meow\\|purr<br>*gold=0.1* | The cat sat.<br>*gold=0.9* |" in judge_part
 
 
 def test_html_is_self_contained(fake_run):
@@ -110,6 +117,7 @@ def test_html_is_self_contained(fake_run):
     assert len(srcs) == len(md_refs) > 0
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "<link" not in page and "http://" not in page and "https://" not in page
+    assert "<td>meow|purr\n*gold=0.1*</td>" in page  # side-by-side samples as an HTML table
 
 
 def test_csv_and_xlsx_hold_every_number(fake_run):

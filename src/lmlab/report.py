@@ -20,6 +20,7 @@ import html
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,6 +308,41 @@ def eval_tables(data: dict[str, Any]) -> tuple[dict[str, dict[str, dict[str, Any
     return tables, {k: v for k, v in data.items() if k not in tables}
 
 
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+
+
+def markdown_blocks(text: str, max_rows: int) -> list[Block]:
+    """Blocks from a command's Markdown (tables, headings, text), so HTML shows real tables.
+
+    Table cells are split on unescaped `|`; `<br>` becomes a newline (the renderers turn it back).
+    """
+    blocks: list[Block] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            head, *body = table
+            blocks.append(Block("table", rows=[head, *body[:max_rows]]))
+            if len(body) > max_rows:
+                blocks.append(Block("p", f"({len(body) - max_rows} more rows in samples.md)"))
+            table.clear()
+
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("|") and line.endswith("|"):
+            cells = [c.strip().replace("\\|", "|").replace("<br>", "\n") for c in _CELL_SPLIT.split(line[1:-1])]
+            if not all(re.fullmatch(r":?-+:?", c) for c in cells):  # skip the |---| separator
+                table.append(cells)
+            continue
+        flush()
+        if line.startswith("#"):
+            blocks.append(Block("h3", line.lstrip("#").strip()))
+        elif line:
+            blocks.append(Block("p", line))
+    flush()
+    return blocks
+
+
 def _eval_table(stage: Stage, plots: Path) -> tuple[list[Block], Path | None]:
     """An eval command's metrics.json: models × metrics tables, then the other values as key/value rows."""
     blocks: list[Block] = []
@@ -386,10 +422,10 @@ def build_report(stages: list[Stage], root: Path, title: str, n_samples: int = M
                 blocks.append(Block("img", f"{s.name}: evaluation", path=chart))
         for img in s.images:
             blocks.append(Block("img", f"{s.name}: {img.stem}", path=img))
-        if s.samples:
+        if s.samples_md:  # eval compare: its own side-by-side tables (samples.jsonl holds the same answers)
+            blocks += [Block("h3", "Side-by-side samples"), *markdown_blocks(s.samples_md, n_samples)]
+        elif s.samples:
             blocks += [Block("h3", "Samples"), Block("table", rows=_sample_rows(s.samples, n_samples))]
-        if s.samples_md:
-            blocks += [Block("h3", "Side-by-side samples"), Block("pre", s.samples_md.strip()[:6000])]
     return blocks
 
 
