@@ -69,7 +69,7 @@ def test_summarize_with_stub_judge():
 
 def test_samples_markdown_side_by_side():
     _, scores = summarize(PROMPTS, ANSWERS, {"echo": _stub_judge})
-    md = samples_markdown(PROMPTS, {"base": ["a|b\nc", *ANSWERS["base"][1:]], "sft": ANSWERS["sft"]}, scores)
+    md = samples_markdown(PROMPTS, {"base": ["\n\na|b\nc\n", *ANSWERS["base"][1:]], "sft": ANSWERS["sft"]}, scores)
     lines = md.strip().splitlines()
     assert lines[0] == "| # | prompt | base | sft |" and len(lines) == 2 + 4
     assert "a\\|b<br>c<br>*echo=0.2*" in lines[2] and "a cat poem<br>*echo=0.667*" in lines[2]

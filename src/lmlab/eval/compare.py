@@ -141,7 +141,7 @@ def samples_markdown(prompts: Sequence[Any], answers: dict[str, list[str]], scor
                      limit: int = 50) -> str:
     """A side-by-side table: prompt, each model's answer with its scores."""
     def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", "<br>").strip() or "(empty)"
+        return text.strip().replace("|", "\\|").replace("\n", "<br>") or "(empty)"
 
     labels = list(answers)
     head = ["#", "prompt", *labels]
