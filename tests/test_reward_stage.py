@@ -94,3 +94,32 @@ def test_untrained_architecture_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="starts from a trained language model"):
         load_for_rm(build(RewardConfig, {"model": "transformer:tiny", "out": str(tmp_path / "x")}))
+
+
+@pytest.mark.slow
+def test_lora_reward_model_saves_its_head_and_reloads(tmp_path, tiny_qwen2_dir):
+    """tuning=lora: the fresh reward head trains in full (peft modules_to_save) and is saved with the adapter."""
+    from lmlab.config import build
+    from lmlab.data.loaders import load_records
+    from lmlab.eval.reward_analysis import load_scorer
+    from lmlab.train.config import RewardConfig
+    from lmlab.train.reward import run
+
+    train_file = _pairs_file(tmp_path / "prefs.jsonl", 96, seed=1)
+    val_file = _pairs_file(tmp_path / "val.jsonl", 24, seed=2)
+    cfg = build(RewardConfig, {
+        "model": str(tiny_qwen2_dir), "data": str(train_file), "eval_data": str(val_file), "out": str(tmp_path / "rm"),
+        "max_steps": 40, "batch_size": 8, "lr": 1e-2, "log_every": 10, "max_length": 64, "device": "cpu",
+        "tuning": "lora", "lora": {"rank": 8},
+    })
+    torch.manual_seed(0)
+    result = run(cfg).metrics
+    assert result["trainable_params"] < result["total_params"] / 2 and result["eval_accuracy"] >= 0.9
+    adapter = json.loads((tmp_path / "rm" / "final" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
+    # scoring the reloaded adapter (base + LoRA + head) reproduces the stage's own held-out margin
+    recs = load_records(str(val_file), "preference")
+    score = load_scorer(str(tmp_path / "rm"), device="cpu")
+    chosen = score([r.prompt for r in recs], [r.chosen for r in recs])
+    rejected = score([r.prompt for r in recs], [r.rejected for r in recs])
+    assert sum(c - r for c, r in zip(chosen, rejected, strict=True)) / 24 == pytest.approx(result["eval_margin"], abs=1e-4)
