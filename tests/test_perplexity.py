@@ -260,3 +260,18 @@ def test_one_set_gives_one_row_per_text(tmp_path, tiny_qwen2_dir, capsys):
     assert len(per_text) == 3 and metrics["texts"] == 3
     assert metrics["mean_text_ppl"] == pytest.approx(sum(t["ppl"] for t in per_text) / 3)
     assert metrics["tokens"] == sum(t["tokens"] for t in per_text)
+
+
+def test_run_folder_windows_default_to_the_training_length(tmp_path, tiny_qwen2_dir):
+    import shutil
+
+    from lmlab.api import evaluate
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_qwen2_dir, run / "final")
+    (run / "config.yaml").write_text("model: transformer:tiny\nmax_length: 8\n")
+    (tmp_path / "t.txt").write_text(LONG + "\n")
+    metrics = evaluate("ppl", model=str(run), data=str(tmp_path / "t.txt"))
+    assert metrics["run"]["max_length"] == 8 and metrics["run"]["stride"] == 4
+    assert evaluate("ppl", model=str(run / "final"), data=str(tmp_path / "t.txt"))["run"]["max_length"] == 8
+    assert evaluate("ppl", model=str(run), data=str(tmp_path / "t.txt"), max_length=16)["run"]["max_length"] == 16

@@ -39,7 +39,7 @@ class PerplexityConfig:
     split: str = opt("test", "split of named sets without @SPLIT (train, validation, test)")
     limit: int | None = opt(None, "score only the first N texts of each set")
     columns: dict[str, str] = opt({}, "column mapping for tabular data, e.g. {text: story}")
-    max_length: int | None = opt(None, "tokens per window; default min(model context, 1024)")
+    max_length: int | None = opt(None, "tokens per window; default min(model context, 1024, the run's training max_length)")
     stride: int | None = opt(None, "new tokens scored per window for long texts (< max_length); default max_length/2. Smaller = more context per token, slower")
     batch_size: int = opt(4, "windows per forward pass")
     add_bos: bool | None = opt(None, "prepend the BOS (else EOS) token so the first token is scored too; default: when the tokenizer has one")
@@ -223,6 +223,23 @@ def context_length(model: torch.nn.Module, cap: int = 1024) -> int:
     return cap
 
 
+def trained_length(spec: str) -> int | None:
+    """The block length a run folder's model was trained on (its config.yaml `max_length`).
+
+    A from-scratch model never saw positions past it, even when its config allows more; windows
+    longer than that would score tokens at untrained positions.
+    """
+    import yaml
+
+    path = Path(spec)
+    run = path.parent if path.name == "final" else path
+    try:
+        value = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")).get("max_length")
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None
+    return value if isinstance(value, int) and value > 1 else None
+
+
 def _set_name(spec: str) -> str:
     path = Path(spec)
     return path.stem if path.suffix and path.exists() else spec
@@ -272,7 +289,7 @@ def run(cfg: PerplexityConfig) -> dict[str, Any]:
         model, tokenizer = load(spec, device=cfg.device, trust_remote_code=cfg.trust_remote_code)
         kind = "seq2seq" if getattr(model.config, "is_encoder_decoder", False) else "causal-lm"
         sets = _load_sets(cfg, kind)  # per model: a seq2seq model reads (source, target) pairs, not texts
-        max_length = cfg.max_length or context_length(model)
+        max_length = cfg.max_length or min(context_length(model), trained_length(spec) or 1 << 30)
         stride = cfg.stride or max(1, max_length // 2)
         if stride >= max_length:
             stride = max_length - 1
