@@ -260,7 +260,9 @@ def hub_rows(task: Task, split: str) -> list[dict[str, Any]]:
 
     if task.hub is None:
         raise DataError(f"{task.name} ({split}): no local file and no hub copy")
-    return [task.hub_adapt(row) for _, row in read_hub(task.hub, split)]
+    # the mirror's MMLU "validation" is the 5-per-subject dev set (the few-shot pool), as on the hub's "dev"
+    hub_split = "dev" if task.name == "mmlu" and split == "validation" else split
+    return [task.hub_adapt(row) for _, row in read_hub(task.hub, hub_split)]
 
 
 def load_examples(task: Task, split: str, path: str | None = None) -> list[Example]:
