@@ -179,7 +179,9 @@ def histograms(a: Sequence[float], b: Sequence[float], out: str | Path, *, label
     edges = np.linspace(lo, hi, bins + 1)
     grid = np.linspace(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo), 200)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arr, label, colour in ((a_arr, labels[0], "tab:green"), (b_arr, labels[1], "tab:red")):
+    # green/red say good/bad: only for chosen vs rejected, neutral colours for model A vs model B
+    colours = ("tab:green", "tab:red") if tuple(labels) == ("chosen", "rejected") else ("tab:blue", "tab:orange")
+    for arr, label, colour in ((a_arr, labels[0], colours[0]), (b_arr, labels[1], colours[1])):
         if len(arr) == 0:
             continue
         ax.hist(arr, bins=edges, density=True, alpha=0.35, color=colour, label=f"{label} (n={len(arr)})")
