@@ -42,3 +42,30 @@ def test_yaml_error_names_line(tmp_path):
     p.write_text("a: 1\nb: [1, 2\nc: 3\n")
     with pytest.raises(ConfigError, match=r"r\.yaml:\d+: invalid YAML"):
         load_yaml(p)
+
+
+def test_inherited_decoding_keys_keep_defaults_checks_and_refusals():
+    """Command configs extend DecodingConfig: their own defaults and help, the parent's checks,
+    and keys pinned with `fixed` are refused and left out of --help."""
+    from lmlab.chat.terminal import ChatConfig
+    from lmlab.config import help_text
+    from lmlab.decoding import DecodingConfig, decoding_of
+    from lmlab.eval.persona import PersonaEvalConfig
+    from lmlab.eval.text_metrics import GenMetricsConfig
+
+    cfg = build(ChatConfig, {"model": "m", "temperature": 0.2})
+    assert decoding_of(cfg, top_k=5) == DecodingConfig(max_new_tokens=128, temperature=0.2, top_k=5, top_p=0.9,
+                                                       repetition_penalty=1.1)
+    with pytest.raises(ConfigError, match="unknown key 'beams'"):
+        build(ChatConfig, {"model": "m", "beams": 2})
+    with pytest.raises(ConfigError, match=r"top_p must be in \(0, 1\]"):
+        build(ChatConfig, {"model": "m", "top_p": 2})
+    assert "beams" not in help_text(ChatConfig) and "longest reply in tokens [default: 128]" in help_text(ChatConfig)
+    with pytest.raises(ConfigError, match="unknown key 'stop'"):
+        build(PersonaEvalConfig, {"model": "m", "stop": "x"})
+    with pytest.raises(ConfigError, match="temperature must be >= 0"):
+        build(PersonaEvalConfig, {"model": "m", "temperature": -1})
+    gen = build(GenMetricsConfig, {"model": "m", "prompts": "p.txt", "beams": 3})
+    assert decoding_of(gen) == DecodingConfig(max_new_tokens=128, temperature=0.0, beams=3, seed=0)
+    with pytest.raises(ConfigError, match="unknown key 'n'"):
+        build(GenMetricsConfig, {"model": "m", "prompts": "p.txt", "n": 2})

@@ -36,6 +36,21 @@ def opt(default: Any = MISSING, help: str = "", **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata=meta, **kw)
 
 
+def fixed(default: Any) -> Any:
+    """Pin an inherited field: the value stays `default` and the key is not a key of this config.
+
+    A command config that extends a shared one (say `DecodingConfig`) but must not take one of its
+    keys redeclares it as `beams: int = fixed(1)`: `build` refuses it as an unknown key, `--help`
+    does not list it, and the dataclass constructor does not take it.
+    """
+    return opt(default, init=False)
+
+
+def key_fields(cls: type) -> dict[str, dataclasses.Field]:
+    """The fields of dataclass `cls` that are keys (every field but those pinned with `fixed`)."""
+    return {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+
+
 def parse_value(text: str) -> Any:
     """Parse an override value with YAML scalars rules (`16`→int, `true`→bool, `[a,b]`→list).
 
@@ -154,7 +169,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str, errors: list[str]) -> Any
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            errors.append(f"{where}: '{key}' must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+            errors.append(f"{where}: '{key}' must be a mapping of {', '.join(f.name for f in key_fields(tp))}")
             return value
         return _build(tp, value, f"{key}.", where, errors)
     if origin in (list, tuple) or tp in (list, tuple):
@@ -206,7 +221,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str, errors: list[str]) -> Any
 
 
 def _build(cls: type[T], mapping: dict[str, Any], prefix: str, where: str, errors: list[str]) -> T:
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = key_fields(cls)
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in mapping.items():
@@ -247,7 +262,7 @@ def help_text(cls: type) -> str:
     hints = typing.get_type_hints(cls)
 
     def walk(klass: type, prefix: str) -> None:
-        for f in dataclasses.fields(klass):
+        for f in key_fields(klass).values():
             tp = typing.get_type_hints(klass)[f.name]
             if dataclasses.is_dataclass(tp):
                 walk(tp, prefix + f.name + ".")
@@ -270,7 +285,7 @@ def route_extra_keys(klass: type, mapping: dict[str, Any]) -> dict[str, Any]:
     extra_field = getattr(klass, "EXTRA_KEYS_FIELD", None)
     if not extra_field:
         return mapping
-    names = {f.name for f in dataclasses.fields(klass)}
+    names = set(key_fields(klass))
     out = {k: v for k, v in mapping.items() if k in names}
     extra = {k: v for k, v in mapping.items() if k not in names}
     if extra:

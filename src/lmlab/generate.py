@@ -24,53 +24,7 @@ import torch
 from transformers import StoppingCriteria
 
 from lmlab.config import opt
-from lmlab.errors import ConfigError
-
-
-@dataclass
-class DecodingConfig:
-    """How to pick each next token (temperature 0 = greedy)."""
-
-    max_new_tokens: int = opt(64, "tokens to generate at most per continuation")
-    temperature: float = opt(1.0, "softmax temperature; lower = safer and blander, 0 = greedy (argmax)")
-    top_k: int = opt(0, "sample only among the k most likely tokens (0 = off)")
-    top_p: float = opt(1.0, "nucleus sampling: smallest set of tokens with this much probability (1 = off; Holtzman et al. 2020)")
-    repetition_penalty: float = opt(1.0, "divide logits of tokens already present by this (>1 discourages loops; Keskar et al. 2019)")
-    beams: int = opt(1, "beam search width (1 = no beam search)")
-    n: int = opt(1, "continuations per prompt (at most `beams` with beam search)")
-    seed: int | None = opt(None, "seed for sampling; the same seed gives the same samples")
-    stop: list[str] = opt([], "cut each continuation at the first of these strings (generation also stops there)")
-
-    @property
-    def do_sample(self) -> bool:
-        return self.temperature > 0
-
-    def validate(self) -> list[str]:
-        problems = []
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
-        if self.beams < 1 or self.n < 1:
-            problems.append(f"beams and n must be >= 1, got beams={self.beams} n={self.n}")
-        if self.beams > 1 and self.n > self.beams:
-            problems.append(f"n={self.n} continuations need beams >= n with beam search (beams={self.beams}); raise beams")
-        if self.n > 1 and self.beams == 1 and not self.do_sample:
-            problems.append(f"n={self.n} greedy continuations would all be identical; set temperature > 0 or beams >= n")
-        return problems
-
-
-def check(cfg: DecodingConfig) -> DecodingConfig:
-    problems = cfg.validate()
-    if problems:
-        raise ConfigError("; ".join(problems))
-    return cfg
+from lmlab.decoding import DecodingConfig, check, decoding_of
 
 
 def generation_kwargs(model: Any, tokenizer: Any, cfg: DecodingConfig) -> dict[str, Any]:
@@ -214,7 +168,7 @@ def stream(model: Any, tokenizer: Any, prompt: str, cfg: DecodingConfig | None =
     from transformers import TextIteratorStreamer
 
     cfg = check(cfg or DecodingConfig())
-    single = DecodingConfig(**{**cfg.__dict__, "n": 1, "beams": 1})
+    single = decoding_of(cfg, n=1, beams=1)
     if single.seed is not None:
         torch.manual_seed(single.seed)
     encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
@@ -327,7 +281,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
 
     model, tokenizer = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     raw = read_prompts(cfg.prompts) if cfg.prompts else [cfg.prompt]
-    decoding = DecodingConfig(**{f: getattr(cfg, f) for f in DecodingConfig.__dataclass_fields__})
+    decoding = decoding_of(cfg)
     texts = raw
     if cfg.chat:
         system = [{"role": "system", "content": cfg.system}] if cfg.system else []

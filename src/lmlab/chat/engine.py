@@ -79,9 +79,9 @@ class Handle:
 def batch_key(model: Any, tokenizer: Any, cfg: Any) -> tuple[Any, ...]:
     """The sampling settings a request shares with its batch: `lmlab.generate.generation_kwargs`
     of its DecodingConfig, less what the engine handles per row (length, stop strings, end ids)."""
-    from lmlab.generate import DecodingConfig, check, generation_kwargs
+    from lmlab.generate import check, decoding_of, generation_kwargs
 
-    single = check(DecodingConfig(**{**cfg.__dict__, "n": 1, "beams": 1, "stop": []}))
+    single = check(decoding_of(cfg, n=1, beams=1, stop=[]))
     kwargs = generation_kwargs(model, tokenizer, single)
     for key in ("max_new_tokens", "stop_strings", "tokenizer", "eos_token_id", "pad_token_id"):
         kwargs.pop(key, None)

@@ -1,19 +1,20 @@
 """Keys and loaders shared by `chat`, `serve` and `web`: decoding settings, persona, retrieval.
 
 The three commands differ in how they talk to a person (terminal, HTTP, browser) but not in how
-they generate, so their configs inherit the same keys and turn them into the one
-`lmlab.generate.DecodingConfig` every other command uses.
+they generate, so their configs inherit the same keys: `ChatKeys` is a `lmlab.decoding.DecodingConfig`
+with chat defaults, and `decoding_of(cfg, **changes)` gives the plain one `generate` takes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from lmlab.config import opt
+from lmlab.config import fixed, opt
+from lmlab.decoding import DecodingConfig
 
 
 @dataclass
-class ChatKeys:
+class ChatKeys(DecodingConfig):
     """Model, persona, retrieval and decoding keys common to chat, serve and web."""
 
     model: str | None = opt(None, "model folder, run folder (its final/) or hub id (required)")
@@ -23,13 +24,16 @@ class ChatKeys:
     rag_top_k: int = opt(3, "retrieve at most this many chunks per question")
     rag_threshold: float | None = opt(None, "minimum cosine similarity of a retrieved chunk; default: the index's (0.5 MiniLM, 0.2 TF-IDF)")
     max_history_tokens: int = opt(1024, "prompt budget in tokens; the oldest turns are dropped first (never the system prompt or the newest question)")
-    # decoding
+    # decoding: DecodingConfig's keys with chat defaults; one streamed reply per prompt, so no beams, n or stop
     max_new_tokens: int = opt(128, "longest reply in tokens")
     temperature: float = opt(0.7, "sampling temperature; 0 = greedy (deterministic)")
     top_k: int = opt(50, "sample among the k most likely tokens (0 = off)")
     top_p: float = opt(0.9, "nucleus sampling: smallest set of tokens with this total probability (1 = off)")
     repetition_penalty: float = opt(1.1, "divide logits of already-seen tokens by this (1 = off; Keskar et al. 2019)")
     seed: int | None = opt(None, "seed for sampling (None = random)")
+    beams: int = fixed(1)
+    n: int = fixed(1)
+    stop: list[str] = fixed([])
     device: str = opt("auto", "auto, cpu, cuda, mps")
     threads: int | None = opt(None, "CPU threads for torch (None = torch's default); 1 is fastest on a busy shared CPU")
     trust_remote_code: bool = opt(False, "allow custom model code from the hub")
@@ -38,16 +42,7 @@ class ChatKeys:
         problems = []
         if not self.model:
             problems.append("missing the model: give it as the first argument (a model folder, run folder or hub id)")
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        problems += super().validate()
         if self.max_history_tokens < 16:
             problems.append(f"max_history_tokens must be >= 16, got {self.max_history_tokens}")
         if self.threads is not None and self.threads < 1:
@@ -55,22 +50,6 @@ class ChatKeys:
         if self.rag_top_k < 1:
             problems.append(f"rag_top_k must be >= 1, got {self.rag_top_k}")
         return problems
-
-
-def decoding_config(keys: Any, **changes: Any) -> Any:
-    """The shared DecodingConfig for these keys (one reply per prompt, no beams: we stream)."""
-    from lmlab.generate import DecodingConfig
-
-    values = {
-        "max_new_tokens": keys.max_new_tokens,
-        "temperature": keys.temperature,
-        "top_k": keys.top_k,
-        "top_p": keys.top_p,
-        "repetition_penalty": keys.repetition_penalty,
-        "seed": keys.seed,
-    }
-    values.update(changes)
-    return DecodingConfig(**values)
 
 
 def load_chat_model(keys: ChatKeys) -> tuple[Any, Any]:

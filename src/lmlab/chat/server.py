@@ -29,9 +29,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from lmlab.chat.engine import BatchEngine, Completion
-from lmlab.chat.options import ChatKeys, decoding_config, load_chat_model, load_index, system_prompt
+from lmlab.chat.options import ChatKeys, load_chat_model, load_index, system_prompt
 from lmlab.chat.session import render_prompt
 from lmlab.config import opt
+from lmlab.decoding import decoding_of
 
 ROLES = ("system", "user", "assistant", "developer")
 
@@ -169,7 +170,7 @@ class Server:
         if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
             raise ApiError(400, f"'stop' must be a string or a list of at most 4 strings, got {stop!r}", "stop")
         n = _number(body, "n", 1, 1, 16, integer=True)
-        dcfg = decoding_config(
+        dcfg = decoding_of(
             c,
             max_new_tokens=max_tokens,
             temperature=float(_number(body, "temperature", c.temperature, 0, 2)),

@@ -14,8 +14,9 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from lmlab.chat.options import ChatKeys, decoding_config, load_chat_model, load_index, system_prompt
+from lmlab.chat.options import ChatKeys, load_chat_model, load_index, system_prompt
 from lmlab.chat.session import ChatSession, render_prompt
+from lmlab.decoding import decoding_of
 
 
 @dataclass
@@ -33,7 +34,7 @@ def run_chat(cfg: ChatConfig, *, stdin: TextIO | None = None, stdout: TextIO | N
     index = load_index(cfg)
     model, tokenizer = load_chat_model(cfg)
     session = ChatSession(tokenizer, system=system, persona=persona, max_history_tokens=cfg.max_history_tokens)
-    dcfg = decoding_config(cfg)
+    dcfg = decoding_of(cfg)
     interactive = stdin.isatty()
 
     def say(text: str = "", end: str = "\n") -> None:

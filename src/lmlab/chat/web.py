@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmlab.chat.engine import BatchEngine
-from lmlab.chat.options import ChatKeys, decoding_config, load_chat_model, load_index, system_prompt
+from lmlab.chat.options import ChatKeys, load_chat_model, load_index, system_prompt
 from lmlab.chat.session import ChatSession, render_prompt
 from lmlab.config import opt
+from lmlab.decoding import decoding_of
 
 NO_PERSONA = "(none)"
 
@@ -79,7 +80,7 @@ class WebChat:
         if use_rag and self.index is not None:
             hits = self.index.search(question, k=self.cfg.rag_top_k, threshold=self.cfg.rag_threshold)
         prompt = render_prompt(self.engine.tokenizer, session.build_messages(question, hits))
-        dcfg = decoding_config(self.cfg, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+        dcfg = decoding_of(self.cfg, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
                                max_new_tokens=int(max_new_tokens), repetition_penalty=float(repetition_penalty))
         from lmlab.chat.rag import sources_line
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmlab.config import opt
+from lmlab.config import fixed, opt
+from lmlab.decoding import DecodingConfig
 from lmlab.errors import DataError
 
 DEFAULT_PROMPTS = [
@@ -32,19 +33,23 @@ DEFAULT_PROMPTS = [
 
 
 @dataclass
-class PersonaEvalConfig:
+class PersonaEvalConfig(DecodingConfig):
     """Keyword hit rate of replies given each persona, against the same prompts without one."""
 
     model: str | None = opt(None, "model folder, run folder or hub id (required)")
     personas: list[str] = opt([], "persona names or YAML files, comma-separated (default: every built-in)")
     prompts: str | None = opt(None, "file of prompts: .txt one per line, or .jsonl with a 'prompt' field (default: 8 built-in)")
     out: str | None = opt(None, "folder for metrics.json, table.md, samples.jsonl (default: print only)")
+    # decoding: DecodingConfig's keys with this command's defaults; one reply per prompt
     max_new_tokens: int = opt(64, "longest reply in tokens")
     temperature: float = opt(0.0, "0 = greedy: the same model gives the same score")
     top_k: int = opt(0, "top-k when sampling (0 = off)")
     top_p: float = opt(1.0, "nucleus top-p when sampling (1 = off)")
     repetition_penalty: float = opt(1.1, "penalise repeated tokens (1 = off)")
     seed: int = opt(0, "sampling seed")
+    beams: int = fixed(1)
+    n: int = fixed(1)
+    stop: list[str] = fixed([])
     baseline: bool = opt(True, "also answer without a system prompt, to report the persona's lift")
     device: str = opt("auto", "auto, cpu, cuda, mps")
     trust_remote_code: bool = opt(False, "allow custom model code from the hub")
@@ -55,9 +60,7 @@ class PersonaEvalConfig:
             problems.append("missing required key 'model' (a model folder, run folder or hub id)")
         if self.prompts and not Path(self.prompts).is_file():
             problems.append(f"prompts={self.prompts}: no such file")
-        if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        return problems
+        return problems + super().validate()
 
 
 def read_prompts(path: str | None) -> list[str]:
@@ -99,14 +102,13 @@ def run(cfg: PersonaEvalConfig) -> dict[str, Any]:
     from lmlab.chat.personas import builtin_personas, load_persona
     from lmlab.chat.session import render_prompt
     from lmlab.eval.common import print_table, split_list
-    from lmlab.generate import DecodingConfig, generate
+    from lmlab.generate import decoding_of, generate
     from lmlab.runs import atomic_write_json, atomic_write_text
 
     personas = [load_persona(p) for p in (split_list(cfg.personas) or builtin_personas())]
     prompts = read_prompts(cfg.prompts)
     model, tok = load_chat_model(cfg)  # type: ignore[arg-type]  (it reads model, device, trust_remote_code)
-    dcfg = DecodingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                          top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty, seed=cfg.seed)
+    dcfg = decoding_of(cfg)
 
     def answer(system: str) -> list[str]:
         head = [{"role": "system", "content": system}] if system else []

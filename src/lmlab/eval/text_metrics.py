@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from lmlab.config import opt
+from lmlab.config import fixed, opt
+from lmlab.decoding import DecodingConfig
 from lmlab.errors import ConfigError, DataError
 
 CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
@@ -31,7 +32,7 @@ TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900
 
 
 @dataclass
-class GenMetricsConfig:
+class GenMetricsConfig(DecodingConfig):
     """`lmlab eval gen`: BLEU, ROUGE, distinct-n, repetition and length of hypotheses vs references."""
 
     refs: str | None = opt(None, "references, one per line (optional when prompts= is a dataset with responses)")
@@ -43,6 +44,7 @@ class GenMetricsConfig:
     limit: int | None = opt(None, "score only the first N pairs")
     lang: Literal["auto", "en", "zh"] = opt("auto", "tokenisation: zh = characters (CJK); auto = zh when most reference characters are CJK")
     chat: bool | None = opt(None, "wrap prompts in the model's chat template; default: yes for chat datasets, no for text files")
+    # decoding for model=: DecodingConfig's keys with this command's defaults; one hypothesis per prompt
     max_new_tokens: int = opt(128, "tokens to generate per prompt")
     temperature: float = opt(0.0, "sampling temperature; 0 = greedy")
     top_k: int = opt(0, "sample among the k most likely tokens (0 = off)")
@@ -50,6 +52,8 @@ class GenMetricsConfig:
     repetition_penalty: float = opt(1.0, "> 1 discourages repeating tokens (Keskar et al. 2019; 1 = off)")
     beams: int = opt(1, "beam search width (1 = none)")
     seed: int = opt(0, "sampling seed")
+    n: int = fixed(1)
+    stop: list[str] = fixed([])
     out: str | None = opt(None, "folder for metrics.json, samples.jsonl and table.md (none: print only)")
     device: str = opt("auto", "auto, cpu, cuda, mps")
     trust_remote_code: bool = opt(False, "allow model code from the hub")
@@ -64,6 +68,8 @@ class GenMetricsConfig:
             problems.append("model= needs prompts= (a text file or a dataset) to generate from")
         if self.hyps and not self.refs:
             problems.append("hyps= needs refs= (one reference per line)")
+        if self.model:  # the decoding keys matter only when generating
+            problems += super().validate()
         return problems
 
 
@@ -190,7 +196,7 @@ def _prompts(cfg: GenMetricsConfig) -> tuple[list[str], list[str] | None, bool]:
 def _generate(cfg: GenMetricsConfig, prompts: list[Any], is_chat: bool) -> tuple[list[str], list[str]]:
     """(prompt texts as given to the model, one generated text per prompt)."""
     from lmlab.eval.common import load
-    from lmlab.generate import DecodingConfig, generate
+    from lmlab.generate import decoding_of, generate
 
     model, tokenizer = load(str(cfg.model), device=cfg.device, trust_remote_code=cfg.trust_remote_code)
     use_chat = is_chat if cfg.chat is None else cfg.chat
@@ -203,10 +209,7 @@ def _generate(cfg: GenMetricsConfig, prompts: list[Any], is_chat: bool) -> tuple
             texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         else:
             texts.append("\n".join(m.content for m in p) if is_chat else p)
-    decoding = DecodingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                              top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty, beams=cfg.beams, n=1,
-                              seed=cfg.seed)
-    return texts, [outs[0].strip() for outs in generate(model, tokenizer, texts, decoding)]
+    return texts, [outs[0].strip() for outs in generate(model, tokenizer, texts, decoding_of(cfg))]
 
 
 def run(cfg: GenMetricsConfig) -> dict[str, Any]:
