@@ -192,7 +192,7 @@ def run(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> RunResu
 
     cfg = dataclasses.replace(cfg, out=cfg.out or default_out(cfg))
     rundir = RunDir(cfg.out)
-    if rundir.is_done() and not force and not resume:
+    if rundir.is_done() and not force:  # resuming a finished run has nothing left to do
         log(f"{rundir.path} is finished (result.json); pass --force to run it again")
         return RunResult(rundir.path, rundir.result())
     rundir.prepare(resume=resume, force=force)
