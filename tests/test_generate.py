@@ -168,6 +168,23 @@ def test_prompt_files_and_their_errors(tmp_path):
         read_prompts(str(tmp_path / "bad.jsonl"))
 
 
+def test_persona_prompts_are_the_same_files_stripped(tmp_path):
+    from lmlab.errors import DataError
+    from lmlab.eval.persona import DEFAULT_PROMPTS
+    from lmlab.eval.persona import read_prompts as persona_prompts
+    from lmlab.generate import read_prompts
+
+    (tmp_path / "p.txt").write_text("  the cat \n\n a dog\n")
+    assert read_prompts(str(tmp_path / "p.txt")) == ["  the cat ", " a dog"]
+    assert persona_prompts(str(tmp_path / "p.txt")) == ["the cat", "a dog"]
+    (tmp_path / "p.jsonl").write_text('{"prompt": " one "}\n')
+    assert persona_prompts(str(tmp_path / "p.jsonl")) == [" one "]
+    assert persona_prompts(None) == DEFAULT_PROMPTS
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(DataError, match=r"empty\.txt: holds no prompts"):
+        persona_prompts(str(tmp_path / "empty.txt"))
+
+
 def test_tiny_top_p_is_greedy_and_a_huge_repetition_penalty_never_repeats(tok, qwen):
     greedy = generate(qwen, tok, ["the cat"], GREEDY)
     assert generate(qwen, tok, ["the cat"], DecodingConfig(temperature=1.0, top_p=1e-4, max_new_tokens=8, seed=5)) == greedy

@@ -248,7 +248,9 @@ class GenerateConfig(DecodingConfig):
     trust_remote_code: bool = opt(False, "allow model code from the hub")
 
 
-def read_prompts(path: str) -> list[str]:
+def read_prompts(path: str, *, strip: bool = False) -> list[str]:
+    """Prompts from a file: each non-blank line of a text file (`strip`: without surrounding
+    whitespace), or the 'prompt' string of each object of a .jsonl file."""
     import json
 
     from lmlab.errors import DataError
@@ -258,7 +260,7 @@ def read_prompts(path: str) -> list[str]:
         raise DataError(f"prompts={path}: no such file")
     lines = file.read_text(encoding="utf-8").splitlines()
     if file.suffix != ".jsonl":
-        return [line for line in lines if line.strip()]
+        return [line.strip() if strip else line for line in lines if line.strip()]
     prompts = []
     for i, line in enumerate(lines, 1):
         if not line.strip():

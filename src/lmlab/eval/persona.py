@@ -64,26 +64,14 @@ class PersonaEvalConfig(DecodingConfig):
 
 
 def read_prompts(path: str | None) -> list[str]:
+    """The prompts of file `path` (`lmlab.generate.read_prompts`, lines stripped), or the built-in ones."""
     if not path:
         return list(DEFAULT_PROMPTS)
-    p = Path(path)
-    lines = p.read_text(encoding="utf-8").splitlines()
-    if p.suffix == ".jsonl":
-        prompts = []
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{p}:{i}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise DataError(f"{p}:{i}: expected an object with a text field 'prompt', got {line[:80]!r}")
-            prompts.append(row["prompt"])
-    else:
-        prompts = [line.strip() for line in lines if line.strip()]
+    from lmlab.generate import read_prompts as read_prompt_file
+
+    prompts = read_prompt_file(path, strip=True)
     if not prompts:
-        raise DataError(f"{p}: holds no prompts (one per line, or JSONL with a 'prompt' field)")
+        raise DataError(f"{path}: holds no prompts (one per line, or JSONL with a 'prompt' field)")
     return prompts
 
 
