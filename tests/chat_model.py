@@ -3,6 +3,9 @@
 The shared `tiny_qwen2_dir` ties its embeddings, so greedy decoding copies the last prompt token
 ("\\n\\n\\n..."), which a browser shows as an empty bubble. Untied, widely initialised weights give
 varied, deterministic (greedy) replies instead.
+
+Its fixtures, loaded for every test by conftest.py's `pytest_plugins`: `model_dir` (that model,
+built once per test module that asks for it) and `oracle` (its `GreedyOracle`).
 """
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
+
+# the environment of every `lmlab` subprocess these tests start
+ENV = {**os.environ, "LMLAB_QUIET": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def build_chat_model(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
@@ -31,6 +39,16 @@ def build_chat_model(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     Qwen2ForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tiny_tokenizer_dir):
+    return build_chat_model(tmp_path_factory.mktemp("chat_model"), tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def oracle(model_dir):
+    return GreedyOracle(model_dir)
 
 
 class GreedyOracle:
@@ -61,9 +79,8 @@ class GreedyOracle:
 
 def start_server(args: list[str], timeout: float = 120.0) -> tuple[subprocess.Popen, str]:
     """Start `lmlab ...` and wait for its 'listening on' line; returns (process, base url)."""
-    env = {**os.environ, "LMLAB_QUIET": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "lmlab", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=ENV)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     deadline = time.time() + timeout

@@ -11,6 +11,8 @@ import random
 
 import pytest
 
+pytest_plugins = ["chat_model"]  # model_dir, oracle: the chat/serve/web tests' tiny chat model
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

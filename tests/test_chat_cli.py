@@ -10,22 +10,11 @@ import time
 
 import pytest
 
-from chat_model import GreedyOracle, build_chat_model
+from chat_model import ENV
 from lmlab.chat.personas import keyword_hit, load_persona
 from lmlab.eval.persona import score
 
-ENV = {**os.environ, "LMLAB_QUIET": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 GREEDY = ["temperature=0", "max_new_tokens=10", "repetition_penalty=1", "threads=1"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    return build_chat_model(tmp_path_factory.mktemp("chat_model"), tiny_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def oracle(model_dir):
-    return GreedyOracle(model_dir)
 
 
 def chat(model_dir, lines: str, *extra: str) -> subprocess.CompletedProcess:

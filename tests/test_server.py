@@ -12,21 +12,11 @@ import threading
 import httpx
 import pytest
 
-from chat_model import GreedyOracle, build_chat_model, start_server
+from chat_model import GreedyOracle, start_server
 from lmlab.chat.engine import BatchEngine
 from lmlab.generate import DecodingConfig
 
 KEY = "sk-test"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    return build_chat_model(tmp_path_factory.mktemp("chat_model"), tiny_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def oracle(model_dir):
-    return GreedyOracle(model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chat_model import GreedyOracle, build_chat_model, start_server
+from chat_model import start_server
 from lmlab.chat.engine import BatchEngine
 from lmlab.chat.personas import load_persona
 from lmlab.chat.rag import Index, IndexConfig, augment_messages, build_index
@@ -22,16 +22,6 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 QUESTION = "What is the password of the Zorblax vault?"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    return build_chat_model(tmp_path_factory.mktemp("chat_model"), tiny_tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
-def oracle(model_dir):
-    return GreedyOracle(model_dir)
 
 
 @pytest.fixture(scope="module")
