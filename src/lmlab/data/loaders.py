@@ -279,15 +279,23 @@ def load_rows(
     n: int | None = None, seed: int = 0,
 ) -> list[Row]:
     """Raw (where, row) pairs, for `lmlab data show/stats` and eval code reading benchmark files."""
-    if n is None and limit is not None and _is_storyworld(spec):
-        n = limit
-    rows, _, _ = iter_rows(spec, split=split, text_unit=text_unit, n=n, seed=seed)
+    rows, _, _ = _limited_rows(spec, split=split, text_unit=text_unit, n=n, seed=seed, limit=limit)
     out = []
     for item in rows:
         out.append(item)
         if limit is not None and len(out) >= limit:
             break
     return out
+
+
+def _limited_rows(
+    spec: str | Path, *, split: str, text_unit: str | None, n: int | None, seed: int, limit: int | None
+) -> tuple[Iterator[Row], dict[str, str], str | None]:
+    """`iter_rows` for a reader that stops after `limit` items: storyworld, given no `n`, then
+    generates only `limit` records instead of its registry size."""
+    if n is None and limit is not None and _is_storyworld(spec):
+        n = limit
+    return iter_rows(spec, split=split, text_unit=text_unit, n=n, seed=seed)
 
 
 def _is_storyworld(spec: str | Path) -> bool:
@@ -314,9 +322,7 @@ def load_records(
     """
     check_kind(kind)
     cfg = as_clean_config(clean)
-    if n is None and limit is not None and _is_storyworld(spec):
-        n = limit
-    rows, reg_columns, _ = iter_rows(spec, split=split, text_unit=text_unit, n=n, seed=seed)
+    rows, reg_columns, _ = _limited_rows(spec, split=split, text_unit=text_unit, n=n, seed=seed, limit=limit)
     out: list[Record] = []
     seen = dropped = 0
     for where, row in rows:
