@@ -21,10 +21,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>"]
 
-_WORDS = (
-    "the a cat dog girl boy tom mia ran found lost happy sad park house ball red blue "
-    "said went saw big small friend tree river rain sun played with and then because she he"
-).split()
+_WORDS = ["the", "a", "cat", "dog", "girl", "boy", "tom", "mia", "ran", "found", "lost", "happy", "sad", "park", "house", "ball", "red", "blue", "said", "went", "saw", "big", "small", "friend", "tree", "river", "rain", "sun", "played", "with", "and", "then", "because", "she", "he"]
 
 
 def corpus(n: int = 400, seed: int = 0) -> list[str]:

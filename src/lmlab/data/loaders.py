@@ -245,6 +245,20 @@ def split_spec(spec: str | Path, split: str) -> tuple[str, str]:
     return text, split
 
 
+def heldout_split(spec: str | Path) -> str:
+    """The split to evaluate a dataset on: `NAME@SPLIT`'s split, else a registered set's
+    'validation' (then 'test') split, else 'train' (a plain file has only one)."""
+    name, split = split_spec(spec, "")
+    if split:
+        return split
+    if registry.is_registered(name):
+        splits = registry.splits(name)
+        for held_out in ("validation", "test"):
+            if held_out in splits:
+                return held_out
+    return "train"
+
+
 def iter_rows(
     spec: str | Path, *, split: str = "train", text_unit: str | None = None, n: int | None = None, seed: int = 0,
 ) -> tuple[Iterator[Row], dict[str, str], str | None]:

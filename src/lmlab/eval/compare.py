@@ -176,8 +176,7 @@ def headline_table(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 def load_prompts(spec: str, split: str | None, n: int) -> list[Any]:
     """Prompts as message lists (chats without their last reply) or plain strings (.txt lines)."""
-    from lmlab.data.loaders import load_records
-    from lmlab.train.sft import eval_split
+    from lmlab.data.loaders import heldout_split, load_records
 
     path = Path(spec)
     if path.suffix == ".txt" and path.exists():
@@ -185,7 +184,7 @@ def load_prompts(spec: str, split: str | None, n: int) -> list[Any]:
         if not lines:
             raise DataError(f"{spec}: no prompts (one prompt a line)")
         return lines[:n]
-    split = split or eval_split(spec)
+    split = split or heldout_split(spec)
     try:
         records = load_records(spec, "chat", split=split, limit=n)
         prompts = []
@@ -226,12 +225,11 @@ def generate_answers(spec: str, prompts: Sequence[Any], cfg: CompareConfig) -> l
 
 def ppl_table(specs: Sequence[str], labels: Sequence[str], cfg: CompareConfig) -> dict[str, Any]:
     """Corpus and per-text perplexity of each model on the `data` texts."""
-    from lmlab.data.loaders import load_texts
+    from lmlab.data.loaders import heldout_split, load_texts
     from lmlab.eval.common import load
     from lmlab.eval.perplexity import context_length, corpus_stats, score_texts
-    from lmlab.train.sft import eval_split
 
-    texts = load_texts(cfg.data, split=eval_split(cfg.data), limit=cfg.data_limit)
+    texts = load_texts(cfg.data, split=heldout_split(cfg.data), limit=cfg.data_limit)
     per_text: dict[str, list[float]] = {}
     corpus: dict[str, Any] = {}
     for spec, label in zip(specs, labels, strict=True):

@@ -245,21 +245,13 @@ def _set_name(spec: str) -> str:
     return path.stem if path.suffix and path.exists() else spec
 
 
-def _split_of(spec: str, default: str) -> tuple[str, str]:
-    """`tinystories@validation` → (`tinystories`, `validation`); a path that exists is never split."""
-    name, at, split = spec.rpartition("@")
-    if not at or Path(spec).exists():
-        return spec, default
-    return name, split
-
-
 def _load_sets(cfg: PerplexityConfig, kind: str) -> dict[str, list[Any]]:
     """{set name: texts} (causal LMs) or {set name: [(source, target)]} (seq2seq)."""
-    from lmlab.data.loaders import load_records, load_texts
+    from lmlab.data.loaders import load_records, load_texts, split_spec
 
     sets: dict[str, list[Any]] = {}
     for item in split_list(cfg.data):
-        spec, split = _split_of(item, cfg.split)
+        spec, split = split_spec(item, cfg.split)
         if kind == "seq2seq":
             records = load_records(spec, "chat", columns=cfg.columns or None, split=split, limit=cfg.limit)
             pairs = []

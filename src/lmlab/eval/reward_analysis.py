@@ -258,14 +258,13 @@ def held_out_pairs(cfg: RewardAnalysisConfig, rm_cfg: dict[str, Any]) -> tuple[l
     it has one; otherwise, for an RM run trained on this same data, exactly the pairs that run held
     out (same deterministic hash split, val_fraction and seed); otherwise all pairs, said so.
     """
-    from lmlab.data.loaders import load_records
+    from lmlab.data.loaders import heldout_split, load_records
     from lmlab.data.split import split_train_val
-    from lmlab.train.sft import eval_split
 
     columns = cfg.columns or None
     if cfg.split != "auto":
         return load_records(cfg.data, "preference", columns=columns, split=cfg.split, limit=cfg.limit), cfg.split
-    named = eval_split(cfg.data)
+    named = heldout_split(cfg.data)
     if named != "train":
         return load_records(cfg.data, "preference", columns=columns, split=named, limit=cfg.limit), named
     if rm_cfg.get("data") == cfg.data and not rm_cfg.get("eval_data"):

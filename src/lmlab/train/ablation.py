@@ -73,13 +73,11 @@ def base_config(cfg: AblationConfig) -> SFTConfig:
 
 def held_out_prompts(cfg: SFTConfig, n: int) -> list[str]:
     """The first user turns of the held-out conversations (same split the SFT runs use)."""
-    from lmlab.data.loaders import load_records
+    from lmlab.data.loaders import heldout_split, load_records
     from lmlab.data.split import split_train_val
-    from lmlab.train.sft import eval_source_spec
 
     if cfg.eval_data:
-        spec, split = eval_source_spec(cfg.eval_data)
-        val = load_records(spec, "chat", columns=cfg.columns or None, split=split)
+        val = load_records(cfg.eval_data, "chat", columns=cfg.columns or None, split=heldout_split(cfg.eval_data))
     else:
         val = split_train_val(load_records(cfg.data, "chat", columns=cfg.columns or None, limit=cfg.limit),
                               cfg.val_fraction, seed=cfg.seed)[1]

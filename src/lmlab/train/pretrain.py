@@ -98,24 +98,13 @@ def check_length(model: Any, max_length: int) -> None:
 
 
 # -- data ----------------------------------------------------------------------------------------------
-def eval_split(spec: str) -> str:
-    """A registered dataset's held-out split ('validation' when it has one); files: their only split."""
-    from lmlab.data import registry
-
-    if registry.is_registered(spec):
-        for name in ("validation", "test"):
-            if name in registry.splits(spec):
-                return name
-    return "train"
-
-
 def load_split_texts(cfg: PretrainConfig) -> tuple[list[str], list[str]]:
-    from lmlab.data.loaders import load_texts
+    from lmlab.data.loaders import heldout_split, load_texts
     from lmlab.data.split import split_train_val
 
     texts = load_texts(cfg.data, split="train", limit=cfg.limit, columns=cfg.columns or None)
     if cfg.eval_data:
-        val = load_texts(cfg.eval_data, split=eval_split(cfg.eval_data), columns=cfg.columns or None)
+        val = load_texts(cfg.eval_data, split=heldout_split(cfg.eval_data), columns=cfg.columns or None)
         return texts, val
     return split_train_val(texts, cfg.val_fraction, cfg.seed)
 
@@ -260,10 +249,12 @@ def run(cfg: PretrainConfig, *, resume: bool = False, force: bool = False) -> Ru
     trainable, total = count_parameters(model)
     log(f"pt {cfg.model}: {human(total)} parameters ({human(trainable)} trainable), vocab {len(tokenizer)}")
     if kind == "seq2seq":
+        from lmlab.data.loaders import heldout_split
+
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         train_pairs = encode_pairs(text_pairs(cfg, "train", cfg.data), tokenizer, cfg.max_length)
         if cfg.eval_data:
-            val_pairs = encode_pairs(text_pairs(cfg, eval_split(cfg.eval_data), cfg.eval_data), tokenizer, cfg.max_length)
+            val_pairs = encode_pairs(text_pairs(cfg, heldout_split(cfg.eval_data), cfg.eval_data), tokenizer, cfg.max_length)
         else:
             from lmlab.data.split import split_train_val
 

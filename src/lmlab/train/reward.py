@@ -131,14 +131,13 @@ def encode_pairs(tokenizer: Any, records: Sequence[Any], max_length: int, templa
 
 
 def load_pairs(cfg: RewardConfig, tokenizer: Any) -> tuple[list[EncodedPair], list[EncodedPair]]:
-    from lmlab.data.loaders import load_records
+    from lmlab.data.loaders import heldout_split, load_records
     from lmlab.data.split import split_train_val
-    from lmlab.train.sft import eval_split
 
     records = load_records(cfg.data, "preference", columns=cfg.columns or None, limit=cfg.limit)
     if cfg.eval_data:
         train = records
-        val = load_records(cfg.eval_data, "preference", columns=cfg.columns or None, split=eval_split(cfg.eval_data),
+        val = load_records(cfg.eval_data, "preference", columns=cfg.columns or None, split=heldout_split(cfg.eval_data),
                            limit=max(cfg.eval_batches, 1) * cfg.batch_size if cfg.eval_batches > 0 else None)
     else:
         train, val = split_train_val(records, cfg.val_fraction, seed=cfg.seed)

@@ -84,29 +84,6 @@ def load_for_sft(cfg: SFTConfig) -> tuple[Any, Any]:
 
 
 # -- data ------------------------------------------------------------------------------------------
-def eval_split(spec: str) -> str:
-    """A registered dataset's held-out split ('validation', then 'test', when it has one); files: their only split.
-
-    Used by other stages too (reward, eval compare): keep the signature.
-    """
-    from lmlab.data import registry
-
-    if registry.is_registered(spec):
-        splits = registry.splits(spec)
-        for name in ("validation", "test"):
-            if name in splits:
-                return name
-    return "train"
-
-
-def eval_source_spec(spec: str) -> tuple[str, str]:
-    """(spec, split) of `eval_data`: `NAME@SPLIT` picks a split (as in `eval ppl`), else `eval_split`."""
-    if "@" in spec and not Path(spec).exists():
-        name, _, split = spec.rpartition("@")
-        return name, split
-    return spec, eval_split(spec)
-
-
 def nested_subset(records: list[Any], fraction: float, seed: int) -> list[Any]:
     """The first ⌈f·N⌉ records in a seeded hash order: f=0.25 ⊂ f=0.5 ⊂ f=1 (a fair data-size ablation)."""
     if fraction >= 1.0:
@@ -120,14 +97,13 @@ def nested_subset(records: list[Any], fraction: float, seed: int) -> list[Any]:
 
 def load_chat_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[EncodedExample], list[EncodedExample], EncodeStats]:
     """Rendered train and held-out examples plus the truncation stats of the training set."""
-    from lmlab.data.loaders import load_records
+    from lmlab.data.loaders import heldout_split, load_records
     from lmlab.data.split import split_train_val
 
     records = load_records(cfg.data, "chat", columns=cfg.columns or None, limit=cfg.limit)
     if cfg.eval_data:
         train = records
-        spec, split = eval_source_spec(cfg.eval_data)
-        val = load_records(spec, "chat", columns=cfg.columns or None, split=split,
+        val = load_records(cfg.eval_data, "chat", columns=cfg.columns or None, split=heldout_split(cfg.eval_data),
                            limit=max(cfg.eval_batches, 1) * cfg.batch_size if cfg.eval_batches > 0 else None)
     else:
         train, val = split_train_val(records, cfg.val_fraction, seed=cfg.seed)
