@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 import lmlab.models  # noqa: F401  (registers our architectures with the Auto classes)
+from lmlab.devices import resolve_device
 from lmlab.errors import LmlabError
 from lmlab.models.tuning import QLORA_NEEDS_CUDA, apply_tuning, count_parameters, describe_trainable
 
@@ -73,14 +74,6 @@ def quiet_hub_progress() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-
-
-def resolve_device(device: str | None) -> torch.device | None:
-    if device in (None, "", "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return None
-    return torch.device(device)
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:

@@ -14,7 +14,6 @@ or continued on any Hugging Face causal LM.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -23,18 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmlab.config import to_dict
 from lmlab.errors import ConfigError, DataError, LmlabError
 from lmlab.progress import log
 from lmlab.runs import RunDir, RunResult, atomic_write_text
 from lmlab.train.config import PretrainConfig
+from lmlab.train.stage import open_stage
 
 IGNORE_INDEX = -100
-
-
-def default_out(cfg: PretrainConfig) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(cfg.model.rstrip("/")).name or cfg.model).strip("-")
-    return f"runs/pt-{slug or 'model'}"
 
 
 # -- tokenizer and model -------------------------------------------------------------------------------
@@ -235,13 +229,9 @@ def run(cfg: PretrainConfig, *, resume: bool = False, force: bool = False) -> Ru
     from lmlab.train.steps import lm_step, seq2seq_step
     from lmlab.train.trainer import Trainer
 
-    cfg = dataclasses.replace(cfg, out=cfg.out or default_out(cfg))
-    rundir = RunDir(cfg.out)
-    if rundir.is_done() and not force:  # finished: --resume has nothing left to do
-        log(f"{rundir.path} is finished (result.json); pass --force to run it again")
-        return RunResult(rundir.path, rundir.result())
-    rundir.prepare(resume=resume, force=force)
-    rundir.save_config(to_dict(cfg))
+    cfg, rundir, finished = open_stage("pt", cfg, resume=resume, force=force)
+    if finished is not None:
+        return finished
 
     train_texts, val_texts = load_split_texts(cfg)
     model, tokenizer, kind = get_model(cfg, train_texts, rundir)

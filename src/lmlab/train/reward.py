@@ -22,38 +22,19 @@ Setup → train → evaluate, top to bottom:
 """
 from __future__ import annotations
 
-import dataclasses
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lmlab.config import to_dict
 from lmlab.data.collate import PaddedBatches
 from lmlab.errors import ConfigError, DataError
 from lmlab.progress import log
-from lmlab.runs import RunDir, RunResult
+from lmlab.runs import RunResult
 from lmlab.train.config import RewardConfig
-
-
-def default_out(cfg: RewardConfig) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(cfg.model.rstrip("/")).name or cfg.model).strip("-")
-    return f"runs/rm-{slug or 'model'}"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
+from lmlab.train.stage import open_stage
 
 # -- rendering ---------------------------------------------------------------------------------
 
@@ -211,14 +192,9 @@ def run(cfg: RewardConfig, *, resume: bool = False, force: bool = False) -> RunR
     from lmlab.train.steps import StepContext, reward_step
     from lmlab.train.trainer import Trainer
 
-    cfg = dataclasses.replace(cfg, out=cfg.out or default_out(cfg))
-    rundir = RunDir(cfg.out)
-    if rundir.is_done() and not force and not resume:
-        log(f"{rundir.path} is finished (result.json); pass --force to run it again")
-        return RunResult(rundir.path, rundir.result())
-    rundir.prepare(resume=resume, force=force)
-    rundir.save_config(to_dict(cfg))
-    torch.manual_seed(cfg.seed)
+    cfg, rundir, finished = open_stage("rm", cfg, resume=resume, force=force)
+    if finished is not None:
+        return finished
 
     model, tokenizer = load_for_rm(cfg)
     trainable, total = count_parameters(model)

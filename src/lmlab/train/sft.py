@@ -21,27 +21,20 @@ Setup → train → samples, top to bottom:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lmlab.config import to_dict
 from lmlab.data.chat import EncodedExample, EncodeStats, encode_dataset, render_prompt
 from lmlab.data.collate import PackedBatches, PaddedBatches
 from lmlab.errors import ConfigError
 from lmlab.progress import log
 from lmlab.runs import RunDir, RunResult, atomic_write_text
 from lmlab.train.config import SFTConfig
-
-
-def default_out(cfg: SFTConfig) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(cfg.model.rstrip("/")).name or cfg.model).strip("-")
-    return f"runs/sft-{slug or 'model'}"
+from lmlab.train.stage import open_stage
 
 
 # -- model -----------------------------------------------------------------------------------------
@@ -166,14 +159,9 @@ def run(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> RunResu
     from lmlab.train.steps import lm_step
     from lmlab.train.trainer import Trainer
 
-    cfg = dataclasses.replace(cfg, out=cfg.out or default_out(cfg))
-    rundir = RunDir(cfg.out)
-    if rundir.is_done() and not force:  # resuming a finished run has nothing left to do
-        log(f"{rundir.path} is finished (result.json); pass --force to run it again")
-        return RunResult(rundir.path, rundir.result())
-    rundir.prepare(resume=resume, force=force)
-    rundir.save_config(to_dict(cfg))
-    torch.manual_seed(cfg.seed)
+    cfg, rundir, finished = open_stage("sft", cfg, resume=resume, force=force)
+    if finished is not None:
+        return finished
 
     model, tokenizer = load_for_sft(cfg)
     trainable, total = count_parameters(model)

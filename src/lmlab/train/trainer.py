@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from lmlab.config import to_dict
+from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError, DataError, TrainingDiverged
 from lmlab.progress import is_quiet, log, progress_bar
 from lmlab.runs import RunDir, atomic_dir, atomic_write_json
@@ -107,20 +108,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
 
 
-def _device_for(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("mps") if torch.backends.mps.is_available() else torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps but MPS is not available; use device=auto or device=cpu")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device must be auto, cpu, cuda or mps, got {name!r}")
-    return torch.device(name)
-
-
 def make_accelerator(mixed_precision: str, cpu: bool) -> Any:
     """An Accelerator; several stages in one process may ask for different settings, so a
     single-process state left by an earlier stage is reset instead of refused."""
@@ -180,7 +167,7 @@ class Trainer:
         self.state = TrainerState()
         self.last_lr = cfg.lr
 
-        device = _device_for(cfg.device)
+        device = resolve_device(cfg.device)
         self.mixed_precision = resolve_precision(cfg.precision, device)
         self.accelerator = make_accelerator(self.mixed_precision, cpu=device.type == "cpu")
         # Data parallel: process r of P takes global micro-batches i·P + r, so one optimizer step
