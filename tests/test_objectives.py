@@ -97,3 +97,18 @@ def test_reward_step_splits_halves_and_reports_metrics():
     center = 0.1 * ((3 + 1) ** 2 + (1 + 2) ** 2) / 2
     assert float(out.loss) == pytest.approx(bt + center, abs=1e-6)
     assert out.weight == 2 and out.metrics["accuracy"] == 0.5 and out.metrics["margin"] == pytest.approx(0.5)
+
+
+def test_perplexity_is_reported_only_for_token_likelihood_steps():
+    """exp(loss) is a perplexity for LM losses; for preference losses it would be a made-up number."""
+    from lmlab.train.steps import lm_step, reports_perplexity, reward_step, seq2seq_step
+
+    assert reports_perplexity(lm_step) and reports_perplexity(seq2seq_step)
+    assert not reports_perplexity(reward_step)
+
+    def wrapped(model, batch, ctx):
+        return lm_step(model, batch, ctx)
+
+    assert not reports_perplexity(wrapped)
+    wrapped.loss_is_token_nll = True
+    assert reports_perplexity(wrapped)

@@ -74,6 +74,9 @@ def test_reward_model_learns_toy_preference(tmp_path, tiny_qwen2_dir):
     train_rows = [r for r in rows if r["split"] == "train"]
     assert train_rows[0]["loss"] > train_rows[-1]["loss"] and train_rows[-1]["loss"] < 0.5 * math.log(2)
     assert {"accuracy", "margin", "reward_chosen", "reward_rejected"} <= set(train_rows[-1])
+    val_rows = [r for r in rows if r["split"] == "val"]
+    assert val_rows and all("ppl" not in r for r in val_rows)  # a Bradley–Terry loss is no perplexity
+    assert result["val_ppl"] is None
     # final/ is a plain HF sequence-classification model that gives the same rewards
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm" / "final")
     assert loaded.config.num_labels == 1 and loaded.config.pad_token_id is not None

@@ -121,3 +121,13 @@ def reward_step(model: nn.Module, batch: dict[str, Tensor], ctx: StepContext) ->
 
 
 STEPS: dict[str, StepFn] = {"lm": lm_step, "seq2seq": seq2seq_step, "reward": reward_step}
+
+# Perplexity = exp(mean token NLL) means something only for these; preference losses (reward now,
+# DPO & co. next) are not token likelihoods, so the trainer logs no ppl for them.
+TOKEN_NLL_STEPS: frozenset[StepFn] = frozenset({lm_step, seq2seq_step})
+
+
+def reports_perplexity(step_fn: StepFn) -> bool:
+    """Whether exp(loss) of `step_fn` is a perplexity (a stage's own wrapper may set
+    `loss_is_token_nll = True` on itself)."""
+    return step_fn in TOKEN_NLL_STEPS or bool(getattr(step_fn, "loss_is_token_nll", False))

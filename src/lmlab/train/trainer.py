@@ -45,7 +45,7 @@ from lmlab.runs import RunDir, atomic_dir, atomic_write_json
 from lmlab.train.config import TrainConfig
 from lmlab.train.objectives import perplexity
 from lmlab.train.schedules import make_scheduler, warmup_steps_for
-from lmlab.train.steps import BatchSource, StepContext, StepFn, StepOutput
+from lmlab.train.steps import BatchSource, StepContext, StepFn, StepOutput, reports_perplexity
 
 __all__ = ["BatchSource", "Callback", "StepContext", "StepFn", "StepOutput", "Trainer", "extra_callbacks"]
 
@@ -230,7 +230,8 @@ class Trainer:
             self.ctx.training = True
         w = max(weight_sum, 1e-12)
         loss = loss_sum / w
-        return {"loss": loss, "ppl": perplexity(loss), **{k: v / w for k, v in sums.items()}}
+        ppl = {"ppl": perplexity(loss)} if reports_perplexity(self.step_fn) else {}
+        return {"loss": loss, **ppl, **{k: v / w for k, v in sums.items()}}
 
     # -- checkpoints -------------------------------------------------------------------------
     def _save_checkpoint(self) -> Path:
@@ -475,7 +476,8 @@ class Trainer:
         val_loss = s.best_loss if cfg.keep_best else self._last_val_loss()
         result = {
             "steps": s.step, "train_loss": s.last_train_loss, "val_loss": val_loss,
-            "val_ppl": perplexity(val_loss) if val_loss is not None else None, "best_step": s.best_step,
+            "val_ppl": perplexity(val_loss) if val_loss is not None and reports_perplexity(self.step_fn) else None,
+            "best_step": s.best_step,
             "tokens": s.tokens, "tokens_per_s": s.tokens / s.elapsed_s if s.elapsed_s > 0 else 0.0,
             "elapsed_s": s.elapsed_s, "stopped_early": stopped_early, "final": str(self.run.final_dir),
         }
