@@ -7,7 +7,15 @@ import os
 import pytest
 
 from lmlab.errors import LmlabError
-from lmlab.runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
+from lmlab.runs import MARKER, RunDir, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
+
+
+def _ckpt(run: RunDir, step: int) -> None:
+    """A complete checkpoint folder (weights + trainer state)."""
+    d = run.checkpoints_dir / f"step-{step}"
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(b"w")
+    (d / "trainer_state.json").write_text("{}")
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -53,7 +61,7 @@ def test_torn_last_line_is_ignored(tmp_path):
 def test_interrupted_run_needs_resume_or_force(tmp_path):
     run = RunDir(tmp_path / "r")
     run.prepare()
-    (run.checkpoints_dir / "step-3").mkdir(parents=True)
+    _ckpt(run, 3)
     with pytest.raises(LmlabError, match="--resume"):
         RunDir(run.path).prepare()
     RunDir(run.path).prepare(resume=True)
@@ -69,10 +77,156 @@ def test_metrics_truncate_on_resume_and_prune(tmp_path):
     run.truncate_metrics(4)
     assert [r["step"] for r in run.metrics()] == [1, 2, 3, 4]
     for s in (2, 4, 6, 8, 10):
-        (run.checkpoints_dir / f"step-{s}").mkdir(parents=True)
+        _ckpt(run, s)
     (run.checkpoints_dir / ".step-12.x.tmp").mkdir()  # half-written: not a checkpoint
     run.prune_checkpoints(keep=2, protect=run.checkpoints_dir / "step-4")
     assert [p.name for p in run.checkpoints()] == ["step-4", "step-8", "step-10"]
     assert not run.is_done()
     run.finish({"loss": 0.1})
     assert run.is_done() and run.result() == {"loss": 0.1}
+
+
+# -- whose folder: the marker, --force, user files ------------------------------------------------
+def test_force_never_deletes_a_users_folder(tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    for kw in ({}, {"force": True}, {"resume": True}):
+        with pytest.raises(LmlabError, match=r"lmlab did not make \(thesis.tex\).*pick another out="):
+            RunDir(user).prepare(**kw)
+    assert os.listdir(user) == ["thesis.tex"] and (user / "thesis.tex").read_text() == "years of work"
+
+
+def test_out_at_a_file_is_refused(tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    with pytest.raises(LmlabError, match="is an existing file"):
+        RunDir(f).prepare(force=True)
+    assert f.read_text() == "x"
+
+
+def test_marker_written_and_force_deletes_only_lmlab_runs(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run = RunDir(empty)
+    run.prepare(stage="sft")  # an empty folder is fine to use
+    assert (empty / MARKER).read_text() == "sft\n"
+    (empty / "result.json").write_text("{}")
+    RunDir(empty).prepare(force=True, stage="sft")
+    assert sorted(os.listdir(empty)) == [MARKER]  # the old run's files went with --force
+
+
+def test_runs_made_before_the_marker_still_count(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text("lr: 1\n")
+    (old / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert RunDir(old).is_lmlab_run()
+    RunDir(old).prepare(force=True)
+    assert os.listdir(old) == [MARKER]
+    (tmp_path / "cfg_only").mkdir()
+    (tmp_path / "cfg_only" / "config.yaml").write_text("a: 1\n")  # a user's config: not a run
+    assert not RunDir(tmp_path / "cfg_only").is_lmlab_run()
+
+
+# -- leftovers of a kill ------------------------------------------------------------------------------
+def test_incomplete_checkpoints_are_not_listed(tmp_path):
+    run = RunDir(tmp_path / "r")
+    _ckpt(run, 2)
+    (run.checkpoints_dir / "step-4").mkdir()  # a pruner killed mid-rmtree (old layout)
+    (run.checkpoints_dir / "step-4" / "trainer_state.json").write_text("{}")
+    (run.checkpoints_dir / "step-6").mkdir()
+    (run.checkpoints_dir / "step-6" / "model.safetensors").write_bytes(b"w")
+    assert [p.name for p in run.checkpoints()] == ["step-2"]
+
+
+def test_prune_renames_before_deleting(tmp_path, monkeypatch):
+    import shutil
+
+    run = RunDir(tmp_path / "r")
+    run.prepare()
+    for s in (1, 2, 3):
+        _ckpt(run, s)
+    seen = []
+
+    def killed(path, ignore_errors=False):  # the process dies inside rmtree
+        seen.append(path.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run.prune_checkpoints(keep=1)
+    monkeypatch.undo()
+    assert seen == [".step-1.deleting"]
+    assert [p.name for p in run.checkpoints()] == ["step-2", "step-3"]  # step-1 is gone as a checkpoint
+    RunDir(run.path).prepare(resume=True)
+    assert sorted(os.listdir(run.checkpoints_dir)) == ["step-2", "step-3"]
+
+
+def test_prepare_cleans_kill_leftovers_and_restores_moved_aside(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.prepare(stage="pt")
+    _ckpt(run, 2)
+    ck = run.checkpoints_dir
+    for name in (".step-4.abc.tmp", ".best.x1.tmp", ".step-1.deleting"):
+        (ck / name).mkdir()
+    (run.path / ".final.q.tmp").mkdir()
+    (run.path / ".metrics.jsonl.z.tmp").write_text("half")
+    (run.path / ".final.old").mkdir()  # killed between atomic_dir's two renames: final/ missing
+    (run.path / ".final.old" / "model.safetensors").write_bytes(b"old")
+    (ck / "best").mkdir()
+    (ck / ".best.old").mkdir()  # best/ in place already: the moved-aside copy goes
+    (run.path / "metrics.jsonl").write_text('{"step": 2}\n')
+    RunDir(run.path).prepare(resume=True)
+    assert sorted(os.listdir(ck)) == ["best", "step-2"]
+    assert sorted(os.listdir(run.path)) == [MARKER, "checkpoints", "final", "metrics.jsonl"]
+    assert (run.final_dir / "model.safetensors").read_bytes() == b"old"
+
+
+# -- resume with changed keys (train/stage.py) --------------------------------------------------------
+def _interrupted(tmp_path, **keys):
+    from lmlab.train.config import SFTConfig
+    from lmlab.train.stage import open_stage
+
+    cfg = SFTConfig(out=str(tmp_path / "sft"), **keys)
+    _, run, _ = open_stage("sft", cfg, resume=False, force=False)
+    _ckpt(run, 4)
+    return cfg
+
+
+def test_resume_takes_lr_and_max_steps_changes(tmp_path):
+    import dataclasses
+
+    from lmlab.train.stage import open_stage
+
+    cfg = _interrupted(tmp_path, lr=3e-4, max_steps=10)
+    new = dataclasses.replace(cfg, lr=1e-4, max_steps=20, clip_grad=0.5)
+    _, run, done = open_stage("sft", new, resume=True, force=False)
+    assert done is None
+    assert run.resume_changes == {"lr": (3e-4, 1e-4), "max_steps": (10, 20), "clip_grad": (1.0, 0.5)}
+    import yaml
+
+    assert yaml.safe_load(run.config_path.read_text())["lr"] == 1e-4  # config.yaml records what runs now
+    _, again, _ = open_stage("sft", new, resume=True, force=False)
+    assert again.resume_changes == {}  # unchanged now
+
+
+@pytest.mark.parametrize("key,new,old", [("batch_size", 4, 8), ("lora.rank", 4, 16), ("model", "m2", "transformer:tiny"),
+                                         ("seed", 1, 0)])
+def test_resume_refuses_changes_that_make_another_run(tmp_path, key, new, old):
+    import dataclasses
+
+    from lmlab.errors import ConfigError
+    from lmlab.train.config import LoraSettings
+    from lmlab.train.stage import open_stage
+
+    cfg = _interrupted(tmp_path)
+    saved = (tmp_path / "sft" / "config.yaml").read_text()
+    changed = (dataclasses.replace(cfg, lora=LoraSettings(rank=new)) if key == "lora.rank"
+               else dataclasses.replace(cfg, **{key: new}))
+    with pytest.raises(ConfigError, match=rf"key {key} changed from {old!r} to {new!r}.*--force to start over, "
+                                          rf"or restore {key}={old}"):
+        open_stage("sft", changed, resume=True, force=False)
+    assert (tmp_path / "sft" / "config.yaml").read_text() == saved  # nothing rewritten
+    _, run, _ = open_stage("sft", changed, resume=False, force=True)  # the fix printed works
+    assert run.latest_checkpoint() is None

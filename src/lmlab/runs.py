@@ -12,7 +12,14 @@ Layout of one stage's folder (`runs/<name>/<stage>/`)::
 
 Every file is written to a temporary name in the same folder and then renamed, so a run killed at
 any moment leaves either the old file or the new one, never half of one. Checkpoint folders are
-built under a temporary name and renamed as a whole for the same reason.
+built under a temporary name and renamed as a whole for the same reason, and deleted by renaming
+them to a hidden `.step-N.deleting` first, so a kill mid-delete never leaves a `step-N` without its
+weights. Hidden leftovers of a kill (`.*.tmp`, `.*.deleting`, `.*.old`) are cleaned up when the run
+is resumed or forced.
+
+A folder lmlab creates for a run holds a marker file (`.lmlab-run`, naming the stage). `--force`
+deletes a folder only when it is lmlab's (the marker, or an older run's config.yaml + metrics.jsonl
+or result.json); a folder holding anything else is never deleted and never written into.
 """
 from __future__ import annotations
 
@@ -119,11 +126,30 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+MARKER = ".lmlab-run"
+"""The file that marks a folder as a run lmlab created (its text: the stage name)."""
+CHECKPOINT_FILES = ("model.safetensors", "trainer_state.json")
+"""What a checkpoint folder must hold to count as complete."""
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class RunDir:
     """One stage's output folder; knows its files and whether the stage finished."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.resume_changes: dict[str, tuple[Any, Any]] = {}
+        """Keys changed on --resume that take effect, {key: (old, new)}; set by train.stage.open_stage."""
 
     # -- files ------------------------------------------------------------------------------
     @property
@@ -161,23 +187,39 @@ class RunDir:
         return json.loads(self.result_path.read_text()) if self.is_done() else {}
 
     def checkpoints(self) -> list[Path]:
-        """Complete checkpoints, oldest first (a checkpoint is complete once renamed into place)."""
+        """Complete checkpoints, oldest first: `step-N` folders holding their weights and trainer state."""
         if not self.checkpoints_dir.exists():
             return []
-        found = [p for p in self.checkpoints_dir.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+        found = [p for p in self.checkpoints_dir.glob("step-*") if p.name[5:].isdigit() and is_complete_checkpoint(p)]
         return sorted(found, key=lambda p: int(p.name[5:]))
 
     def latest_checkpoint(self) -> Path | None:
         ckpts = self.checkpoints()
         return ckpts[-1] if ckpts else None
 
+    def is_lmlab_run(self) -> bool:
+        """Did lmlab make this folder? The marker, or (runs made before it) config.yaml with metrics or a result."""
+        if (self.path / MARKER).is_file():
+            return True
+        return self.config_path.is_file() and (self.metrics_path.is_file() or self.result_path.is_file())
+
     # -- writing ----------------------------------------------------------------------------
-    def prepare(self, *, resume: bool = False, force: bool = False) -> None:
-        """Create the folder; refuse to silently overwrite or mix runs.
+    def prepare(self, *, resume: bool = False, force: bool = False, stage: str = "run") -> None:
+        """Create the folder (with its marker); refuse to silently overwrite or mix runs.
 
         A finished stage must be forced to re-run; an interrupted one must be resumed or forced,
-        so work is never thrown away by accident.
+        so work is never thrown away by accident. A folder lmlab did not make is never deleted,
+        and a run is never written beside a user's files.
         """
+        if self.path.exists() and not self.path.is_dir():
+            raise LmlabError(f"out={self.path} is an existing file, not a folder; pick another out= for the run folder")
+        if self.path.is_dir() and any(self.path.iterdir()) and not self.is_lmlab_run():
+            entries = sorted(p.name for p in self.path.iterdir())
+            shown = ", ".join(entries[:5]) + (f" … ({len(entries)} entries)" if len(entries) > 5 else "")
+            raise LmlabError(
+                f"out={self.path} exists and holds files lmlab did not make ({shown}); lmlab never writes a run "
+                f"beside them{' nor deletes them with --force' if force else ''}: pick another out= or empty that folder"
+            )
         if force and self.path.exists():
             shutil.rmtree(self.path)
         elif self.path.exists() and not resume and not self.is_done() and self.latest_checkpoint():
@@ -189,6 +231,33 @@ class RunDir:
             # Interrupted before its first checkpoint: nothing to resume, start clean.
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self.clean_leftovers()
+        if not (self.path / MARKER).is_file():
+            atomic_write_text(self.path / MARKER, stage + "\n")
+
+    def clean_leftovers(self) -> list[Path]:
+        """Undo what a kill mid-write left: hidden temp files and folders, half-deleted checkpoints.
+
+        `.NAME.old` is the previous version of NAME moved aside by `atomic_dir`; when NAME itself is
+        missing (killed between the two renames) it is put back, otherwise it is deleted. Returns
+        what was removed.
+        """
+        removed = []
+        for folder in (self.path, self.checkpoints_dir):
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                name = entry.name
+                if not name.startswith(".") or name == MARKER:
+                    continue
+                if name.endswith(".old") and not (folder / name[1:-4]).exists():
+                    os.replace(entry, folder / name[1:-4])
+                    continue
+                if name.endswith((".tmp", ".deleting", ".old")):
+                    _remove(entry)
+                    removed.append(entry)
+            _fsync_dir(folder)
+        return removed
 
     def save_config(self, config: dict[str, Any]) -> None:
         atomic_write_yaml(self.config_path, config)
@@ -213,12 +282,20 @@ class RunDir:
         atomic_write_json(self.result_path, result)
 
     def prune_checkpoints(self, keep: int, protect: Path | None = None) -> None:
-        """Keep the newest `keep` checkpoints (and `protect`, e.g. the best one)."""
+        """Keep the newest `keep` checkpoints (and `protect`, e.g. the best one).
+
+        Each old checkpoint is first renamed to a hidden `.step-N.deleting` (one atomic step), then
+        deleted, so a kill mid-delete leaves no `step-N` without its weights.
+        """
         ckpts = self.checkpoints()
         for old in ckpts[: max(0, len(ckpts) - keep)]:
             if protect is not None and old.resolve() == Path(protect).resolve():
                 continue
-            shutil.rmtree(old, ignore_errors=True)
+            doomed = old.parent / f".{old.name}.deleting"
+            _remove(doomed)
+            os.replace(old, doomed)
+            _fsync_dir(old.parent)
+            _remove(doomed)
 
 
 @dataclass
