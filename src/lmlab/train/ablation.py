@@ -9,7 +9,7 @@ All cells share the held-out set (same data, same `seed`, same split) and the da
 nested (0.25 ⊂ 0.5 ⊂ 1), so differences come from the knob, not from a different draw.
 
 The table (`table.md`, `table.csv`, `metrics.json` in `out`) has, per cell: held-out PPL (of the
-weights in final/), the final train loss, steps, time, a greedy sample for the first `samples`
+weights in final/) on the answer tokens (comparable across `train_on_prompt`) and on all tokens, the final train loss, steps, time, a greedy sample for the first `samples`
 prompt (or the first held-out prompt), and for storyworld data the gold judge's
 constraint-satisfaction rate on `judge_prompts` held-out prompts.
 """
@@ -125,7 +125,8 @@ def run(cfg: AblationConfig, *, resume: bool = False, force: bool = False) -> di
         res = sft.run(cell_cfg, resume=resume, force=force)
         m = res.metrics
         row: dict[str, Any] = {
-            **cell, "val_ppl": m.get("val_ppl"), "val_loss": m.get("val_loss"), "train_loss": m.get("train_loss"),
+            **cell, "val_ppl": m.get("val_ppl"), "val_ppl_all_tokens": m.get("val_ppl_all_tokens"),
+            "val_loss": m.get("val_loss"), "train_loss": m.get("train_loss"),
             "steps": m.get("steps"), "train_examples": m.get("train_examples"), "elapsed_s": m.get("elapsed_s"),
         }
         if judged:
@@ -148,9 +149,15 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+# Column headers that say which tokens a number is over (masked and unmasked SFT differ there).
+HEADERS = {"val_ppl": "val ppl (answer tokens)", "val_ppl_all_tokens": "val ppl (all tokens)",
+           "val_loss": "val loss (answer tokens)"}
+
+
 def to_markdown(rows: list[dict[str, Any]], prompt: str) -> str:
     cols = list(rows[0])
-    lines = [f"Sample prompt: {prompt!r}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [f"Sample prompt: {prompt!r}", "", "| " + " | ".join(HEADERS.get(c, c) for c in cols) + " |",
+             "|" + "---|" * len(cols)]
     for r in rows:
         cells_ = [_fmt(r[c]).replace("|", "\\|").replace("\n", " ")[:160] for c in cols]
         lines.append("| " + " | ".join(cells_) + " |")

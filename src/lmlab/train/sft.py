@@ -17,7 +17,9 @@ Setup → train → samples, top to bottom:
 4. the shared `Trainer` with `lm_step`; final/ is the HF model (for LoRA: the adapter folder;
    `lmlab export merge_lora=true` merges it).
 5. greedy samples for `samples` prompts, chat-rendered, into samples.jsonl; result.json holds the
-   final metrics, parameter counts and truncation stats.
+   final metrics, parameter counts and truncation stats. Held-out loss and `val_ppl` are always
+   on the answer tokens (also with `train_on_prompt=true`, so masked and unmasked runs compare);
+   `val_ppl_all_tokens` is the all-token PPL, labelled as such.
 """
 from __future__ import annotations
 
@@ -104,7 +106,10 @@ def load_chat_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[EncodedExample]
     opts = {"template": cfg.template, "max_length": cfg.max_length, "train_on_prompt": cfg.train_on_prompt,
             "system": cfg.system}
     train_ex, stats = encode_dataset(tokenizer, train, source=cfg.data, **opts)
-    val_ex = encode_dataset(tokenizer, val, source=cfg.eval_data or cfg.data, **opts)[0] if val else []
+    # Held-out labels are the answer tokens whatever `train_on_prompt` is, so a masked and an
+    # unmasked run are scored (and their best checkpoint chosen) on the same tokens.
+    val_opts = {**opts, "train_on_prompt": False}
+    val_ex = encode_dataset(tokenizer, val, source=cfg.eval_data or cfg.data, **val_opts)[0] if val else []
     return train_ex, val_ex, stats
 
 
@@ -131,6 +136,51 @@ def make_sources(cfg: SFTConfig, train: list[EncodedExample], val: list[EncodedE
     # Evaluation is always padded and length-grouped: the same loss, whatever the training layout.
     ev = PaddedBatches(val, cfg.batch_size, pad_id, seed=cfg.seed, group_by_length=True) if val else None
     return src, ev
+
+
+# -- held-out perplexity --------------------------------------------------------------------------
+@torch.no_grad()
+def heldout_ppl(model: Any, source: Any, n_batches: int) -> dict[str, float]:
+    """Held-out PPL on the answer tokens and on every token of the first `n_batches` batches.
+
+    The answer tokens (assistant replies + end-of-turn, the eval labels) are what SFT is for and
+    the same for a masked and an unmasked run: that is the column to compare them on. All-token
+    PPL also scores the prompt (template headers, the user's text), which an unmasked run
+    learned to predict and a masked one never saw: a different number, reported under its own name.
+    """
+    from lmlab.train.objectives import IGNORE_INDEX, causal_lm_loss
+
+    device = next(model.parameters()).device
+    sums = {"answer": [0.0, 0], "all_tokens": [0.0, 0]}
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(n_batches):
+            batch = source.get(i)
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)  # (B, T)
+            logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            for name, labels in (("answer", batch["labels"].to(device)), ("all_tokens", ids.masked_fill(mask == 0, IGNORE_INDEX))):
+                loss, n = causal_lm_loss(logits, labels)
+                sums[name][0] += float(loss) * n
+                sums[name][1] += n
+    finally:
+        model.train(was_training)
+    out: dict[str, float] = {}
+    for name, (nll, n) in sums.items():
+        out[f"val_ppl_{name}"] = math.exp(nll / n) if n else float("nan")
+        out[f"val_tokens_{name}"] = n
+    return out
+
+
+def print_summary(result: dict[str, Any], run: RunDir) -> None:
+    """The final table, like `train pt` prints: which PPL is which is in the column names."""
+    from lmlab.eval.common import print_table
+
+    print_table(f"sft {run.path}", ["steps", "train loss", "val loss (answer)", "val ppl (answer tokens)",
+                                   "val ppl (all tokens)", "tokens/s"],
+                [[result.get("steps"), result.get("train_loss"), result.get("val_loss"), result.get("val_ppl_answer"),
+                  result.get("val_ppl_all_tokens"), result.get("tokens_per_s")]])
+    print(f"model: {run.final_dir}")
 
 
 # -- samples ---------------------------------------------------------------------------------------
@@ -196,8 +246,13 @@ def run(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> RunResu
         atomic_write_text(final_config, json.dumps(saved, indent=2) + "\n")
 
     samples = write_samples(trainer.raw, tokenizer, cfg, rundir)
+    held_out = {}
+    if eval_src is not None:
+        n_eval = len(eval_src) if cfg.eval_batches <= 0 else min(cfg.eval_batches, len(eval_src))
+        held_out = {**heldout_ppl(trainer.raw, eval_src, n_eval), "val_ppl_tokens": "answer"}
     result = {
         **result,
+        **held_out,
         "trainable_params": trainable,
         "total_params": total,
         "tuning": cfg.tuning,
@@ -208,4 +263,5 @@ def run(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> RunResu
         "samples": samples,
     }
     rundir.finish(result)
+    print_summary(result, rundir)
     return RunResult(rundir.path, result)
