@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from lmlab.train.reward import EncodedPair, PairBatches, encode_response, pad_rows, render_response
+from lmlab.data.preference import EncodedPair, PairBatches, encode_response, pad_rows, render_response
 
 WORDS = ["the", "a", "cat", "dog", "girl", "boy", "tom", "mia", "ran", "found", "lost", "park", "house", "ball", "red", "blue", "said", "went", "saw", "big", "small", "tree", "river"]
 

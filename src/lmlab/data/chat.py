@@ -277,14 +277,34 @@ def encode_dataset(
     return out, stats
 
 
-def render_prompt(tokenizer: Any, prompt: str | Sequence[Any], *, template: str = "auto", system: str | None = None) -> str:
-    """The text a model is given at inference: the conversation so far plus the assistant header."""
+def render_prompt(
+    tokenizer: Any,
+    prompt: str | Sequence[Any],
+    *,
+    reply: str | None = None,
+    template: str = "auto",
+    system: str | None = None,
+    add_generation_prompt: bool | None = None,
+) -> str:
+    """The one place a conversation becomes text: what a model reads at inference, or is scored on.
+
+    `prompt` is one user turn (a string) or messages (dicts or `Message` records); `system` is put
+    first unless the conversation opens with one. Without `reply` the text ends with the assistant
+    header, where generation starts; with `reply` it ends after that assistant turn (what a reward
+    model scores). `template` goes through `resolve_template` ('auto': the tokenizer's own, else
+    ChatML), so training, chat, serve, eval and the reward model read the same text.
+    """
     if isinstance(prompt, str):
         msgs = [{"role": "user", "content": prompt}]
     else:
         msgs = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in prompt]
     if system and (not msgs or msgs[0]["role"] != "system"):
         msgs.insert(0, {"role": "system", "content": system})
+    if reply is not None:
+        msgs.append({"role": "assistant", "content": reply})
+    if add_generation_prompt is None:
+        add_generation_prompt = reply is None
     return tokenizer.apply_chat_template(
-        msgs, chat_template=resolve_template(tokenizer, template), tokenize=False, add_generation_prompt=True
+        msgs, chat_template=resolve_template(tokenizer, template), tokenize=False,
+        add_generation_prompt=add_generation_prompt,
     )

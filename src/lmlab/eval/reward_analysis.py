@@ -216,9 +216,9 @@ def model_scorer(spec: str, *, batch_size: int = 16, max_length: int = 512, temp
     """A sequence-classification reward model as a Scorer (one scalar logit per response)."""
     import torch
 
+    from lmlab.data.preference import encode_responses
     from lmlab.devices import resolve_device
     from lmlab.models import load_model
-    from lmlab.train.reward import encode_responses
 
     model, tokenizer = load_model(spec, kind="sequence-classification", device=None)
     dev = resolve_device(device)
