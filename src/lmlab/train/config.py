@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from lmlab.config import opt
+from lmlab.errors import ConfigError
 
 
 @dataclass
@@ -19,11 +20,24 @@ class LoraSettings:
     dropout: float = opt(0.05, "dropout on the LoRA input path")
     targets: list[str] = opt(["all-linear"], "module names to adapt, or 'all-linear'")
 
+    def validate(self) -> list[str]:
+        problems = []
+        if self.rank < 1:
+            problems.append(f"rank must be >= 1, got {self.rank} (typical: 8 to 64)")
+        if self.alpha <= 0:
+            problems.append(f"alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        return problems
+
 
 @dataclass
 class FreezeSettings:
     trainable_layers: int = opt(2, "train only the last N transformer blocks (plus the head)")
     trainable: list[str] = opt([], "train only parameters whose name matches one of these patterns (fnmatch); overrides trainable_layers")
+
+    def validate(self) -> list[str]:
+        return [f"trainable_layers must be >= 0, got {self.trainable_layers}"] if self.trainable_layers < 0 else []
 
 
 @dataclass
@@ -66,9 +80,15 @@ class TrainConfig:
     log_every: int = opt(10, "write a metrics.jsonl row every N steps")
     early_stopping_patience: int = opt(0, "stop after this many evaluations without val improvement (0 = off)")
     keep_best: bool = opt(True, "final/ holds the best-on-val weights instead of the last ones")
+    select_metric: str = opt("loss", "the evaluation metric that picks the kept checkpoint and drives early stopping "
+                             "(loss, accuracy, reward, gold …: any key of the val rows)")
+    select_mode: Literal["auto", "min", "max"] = opt("auto", "whether a lower or higher select_metric is better; "
+                                                      "auto: higher for reward / accuracy / gold / win, lower otherwise")
     samples: list[str] = opt([], "prompts to sample from at the end (written to samples.jsonl)")
     device: str = opt("auto", "auto, cpu, cuda, mps")
     compile: bool = opt(False, "torch.compile the model (GPU speed-up; slow start on CPU)")
+    launcher: str | None = opt(None, "run under `accelerate launch` with a packaged config: ddp, fsdp2, zero2, zero3, "
+                               "or a path to your own accelerate config YAML (see docs/training.md)")
 
     def validate(self) -> list[str]:
         problems = []
@@ -78,10 +98,45 @@ class TrainConfig:
             problems.append(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.lr <= 0:
+        if not 0 < self.lr < float("inf"):
             problems.append(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.val_fraction < 1:
             problems.append(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        # sizes and counts: a zero or negative value would truncate every example away, run no step
+        # or divide by zero, and still mark the run finished
+        if self.max_length < 2:
+            problems.append(f"max_length must be >= 2 tokens (one to read, one to predict), got {self.max_length}")
+        if not 0 < self.epochs < float("inf"):
+            problems.append(f"epochs must be a number > 0, got {self.epochs}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"limit must be >= 1 (or null for all records), got {self.limit}")
+        for key in ("eval_every", "save_every", "eval_batches", "warmup_steps", "early_stopping_patience"):
+            if getattr(self, key) < 0:
+                problems.append(f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("log_every", "save_total_limit"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            problems.append(f"clip_grad must be > 0 (or null for no clipping), got {self.clip_grad}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"betas must be two numbers in [0, 1), got {self.betas}")
+        from lmlab.models import architecture, is_architecture, names_architecture
+
+        if names_architecture(self.model) and not is_architecture(self.model):  # sizes: checked where it is built
+            try:
+                architecture(self.model)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        for name in ("lora", "freeze"):  # nested settings of the stages that have them
+            sub = getattr(self, name, None)
+            if hasattr(sub, "validate"):
+                problems += [f"{name}.{p}" for p in sub.validate()]
         return problems
 
 
@@ -155,3 +210,142 @@ STAGE_CONFIGS: dict[str, type[TrainConfig]] = {
     "sft": SFTConfig,
     "rm": RewardConfig,
 }
+
+
+# -- preference optimisation (issue 11): DPO and variants, KTO, SimPO/CPO, ORPO -------------------
+
+@dataclass
+class PreferenceConfig(TrainConfig):
+    """Keys shared by the preference stages (`train dpo|kto|simpo|orpo`); not a command itself."""
+
+    model: str = opt("runs/sft", "the model to align: an SFT run folder, a model folder (or LoRA adapter folder) or a hub id")
+    data: str = opt("storyworld/prefs", "preference pairs (prompt, chosen, rejected)")
+    lr: float = opt(5e-6, "peak learning rate (AdamW); TRL's default is 1e-6 for 0.5B+ models, tiny models take ~1e-4")
+    max_length: int = opt(512, "tokens per prompt + response; longer rows lose their end (keep_start), a pair left with no response token is dropped")
+    beta: float = opt(0.1, "β: strength of the pull towards the reference (DPO eq. 7's β, IPO's τ); higher = stay closer")
+    tuning: Literal["full", "freeze", "lora"] = opt("full", "which parameters train; with lora on a full model the reference is that model (adapters off)")
+    lora: LoraSettings = opt(LoraSettings, "LoRA settings (tuning=lora)")
+    freeze: FreezeSettings = opt(FreezeSettings, "partial unfreezing (tuning=freeze)")
+    template: str = opt("auto", "chat template, as in SFT: auto (the tokenizer's, else chatml), chatml, alpaca, llama3, qwen, plain")
+    system: str | None = opt(None, "system prompt added to every example that has none")
+    ref_model: str | None = opt(None, "reference policy π_ref; default: the starting `model` (an SFT LoRA adapter folder: that SFT model merged, not its base)")
+    precompute_ref: bool = opt(False, "compute π_ref's log-probs once before training (cached in the run folder, reused by a rerun) and never load π_ref while training: less memory, faster steps")
+    judge_prompts: int = opt(32, "held-out prompts answered greedily at the end and scored by the storyworld gold judge (storyworld data; 0 = off)")
+    max_new_tokens: int = opt(96, "tokens generated per held-out answer")
+    trust_remote_code: bool = opt(False, "allow model code from the hub")
+
+    # the loss names a stage accepts; None = any key of the stage's table
+    uses_reference = True
+
+    def loss_names(self) -> tuple[str, ...]:
+        return ()
+
+    def validate(self) -> list[str]:
+        from lmlab.config import closest
+
+        problems = super().validate()
+        if self.beta <= 0:
+            problems.append(f"beta must be > 0 (β scales the log-ratios; β → 0 ignores the data), got {self.beta}")
+        names = self.loss_names()
+        for part in str(getattr(self, "loss", "")).split("+") if names else ():
+            if part not in names:
+                hint = closest(part, names)
+                problems.append(f"loss={part!r} is unknown" + (f"; did you mean '{hint}'?" if hint else "")
+                                + f" (losses: {', '.join(names)})")
+        if not self.uses_reference and (self.ref_model or self.precompute_ref):
+            key = "ref_model" if self.ref_model else "precompute_ref"
+            problems.append(f"{key}: {type(self).__name__.removesuffix('Config')} uses no reference model "
+                            f"({self.reference_free_why}); remove {key}")
+        if self.judge_prompts < 0:
+            problems.append(f"judge_prompts must be >= 0, got {self.judge_prompts}")
+        return problems
+
+    reference_free_why = ""
+
+
+@dataclass
+class DPOConfig(PreferenceConfig):
+    """`lmlab train dpo`: direct preference optimisation (Rafailov et al. 2023) and its variants."""
+
+    loss: str = opt("sigmoid", "sigmoid (DPO eq. 7), ipo (Azar et al. eq. 17, per-token as TRL), hinge (SLiC), robust (Chowdhury et al., needs label_smoothing), "
+                    "… any TRL loss_type; join several with + (sigmoid+sft = RPO) and weight them with loss_weights")
+    loss_weights: list[float] = opt([], "one weight per '+'-joined loss (default: 1 each), e.g. loss=sigmoid+sft loss_weights=1,0.2")
+    label_smoothing: float = opt(0.0, "ε: assumed fraction of flipped labels (robust, exo_pair, aot); 0 = trust every label")
+
+    def loss_names(self) -> tuple[str, ...]:
+        from lmlab.train.objectives import DPO_LOSS_TYPES
+
+        return tuple(DPO_LOSS_TYPES)
+
+    def validate(self) -> list[str]:
+        from lmlab.errors import ConfigError
+        from lmlab.train.objectives import check_dpo_options
+
+        problems = super().validate()
+        kinds = self.loss.split("+")
+        if self.loss_weights and len(self.loss_weights) != len(kinds):
+            problems.append(f"loss_weights={self.loss_weights} has {len(self.loss_weights)} weights for {len(kinds)} "
+                            f"loss(es) in loss={self.loss}; give one per loss")
+        if not problems:
+            try:  # settings a loss needs (label_smoothing ranges of robust / exo_pair)
+                check_dpo_options(kinds, self.beta, self.label_smoothing)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        return problems
+
+
+@dataclass
+class KTOConfig(PreferenceConfig):
+    """`lmlab train kto`: Kahneman–Tversky optimisation on unpaired good/bad examples (Ethayarajh et al. 2024)."""
+
+    data: str = opt("storyworld/kto", "unpaired feedback (prompt, completion, label)")
+    desirable_weight: float = opt(1.0, "λ_D: weight of desirable examples; keep λ_D·n_D / (λ_U·n_U) in [1, 4/3] (paper eq. 8)")
+    undesirable_weight: float = opt(1.0, "λ_U: weight of undesirable examples")
+    loss: str = opt("kto", "kto (eq. 7 with the batch KL reference point z0) or apo_zero_unpaired (no reference point)")
+
+    def loss_names(self) -> tuple[str, ...]:
+        from lmlab.train.objectives import KTO_LOSSES
+
+        return tuple(KTO_LOSSES)
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        if self.batch_size < 2 and self.loss == "kto":
+            problems.append(f"batch_size={self.batch_size}: KTO estimates its reference point z0 from the other examples "
+                            "of a micro-batch (mismatched completions), which needs batch_size >= 2")
+        if self.desirable_weight < 0 or self.undesirable_weight < 0:
+            problems.append("desirable_weight and undesirable_weight must be >= 0")
+        return problems
+
+
+@dataclass
+class SimPOConfig(PreferenceConfig):
+    """`lmlab train simpo`: reference-free, length-normalised preference optimisation (Meng et al. 2024); CPO (Xu et al. 2024)."""
+
+    beta: float = opt(2.0, "β: scale of the length-normalised reward β·log π(y|x)/|y| (SimPO eq. 6; paper uses 2–2.5)")
+    gamma: float = opt(1.0, "γ: target reward margin in −log σ(β(l_w − l_l) − γ) (SimPO eq. 6)")
+    loss: str = opt("simpo", "simpo (Meng et al. eq. 6, per-token averaged log-probs); CPO's sigmoid (Xu et al. eq. 3, summed), hinge (summed) or ipo (averaged), as TRL's CPOTrainer")
+    cpo_alpha: float = opt(0.0, "weight of the NLL on chosen responses (CPO eq. 5's behaviour cloning); 0 = real SimPO, 1 = CPO, simpo with >0 = CPO-SimPO")
+    label_smoothing: float = opt(0.0, "ε: conservative sigmoid −(1−ε)logσ(z) − ε·logσ(−z) for simpo and sigmoid")
+
+    uses_reference = False
+    reference_free_why = "its reward is the policy's own length-normalised log-probability"
+
+    def loss_names(self) -> tuple[str, ...]:
+        from lmlab.train.objectives import CPO_LOSSES
+
+        return tuple(CPO_LOSSES)
+
+
+@dataclass
+class ORPOConfig(PreferenceConfig):
+    """`lmlab train orpo`: odds-ratio preference optimisation, SFT and alignment in one loss (Hong et al. 2024)."""
+
+    beta: float = opt(0.1, "λ: weight of the odds-ratio term beside the NLL (ORPO eq. 6)")
+    nll_on_prompt: bool = opt(False, "NLL over prompt + response as TRL does (true), or over the response only as the paper's L_SFT (false)")
+
+    uses_reference = False
+    reference_free_why = "the odds ratio compares the policy with itself"
+
+
+STAGE_CONFIGS.update({"dpo": DPOConfig, "kto": KTOConfig, "simpo": SimPOConfig, "orpo": ORPOConfig})

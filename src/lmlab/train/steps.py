@@ -38,9 +38,14 @@ class StepContext:
     training: bool = True
     """False during evaluation"""
     ref_model: nn.Module | None = None
-    """frozen reference policy (DPO, KTO, PPO); None when the stage has none"""
+    """frozen reference policy (DPO, KTO, PPO); the loop sets it to `companions["ref"]` when there is one"""
     options: dict[str, Any] = field(default_factory=dict)
     """stage knobs the loss needs: margin, center_rewards, beta ..."""
+    companions: dict[str, nn.Module] = field(default_factory=dict)
+    """frozen models the loop placed beside the policy ("ref", "reward", ...): never optimised or saved"""
+    policy: nn.Module | None = None
+    """the unwrapped trainable model (a PeftModel under LoRA), so a step can switch its adapters off;
+    the `model` argument of a step may be a DDP / compiled wrapper of it"""
 
 
 @dataclass
@@ -56,6 +61,25 @@ class StepOutput:
 
 
 StepFn = Callable[[nn.Module, dict[str, Tensor], StepContext], StepOutput]
+WeightFn = Callable[[dict[str, Tensor]], float]
+
+
+def with_weight(fn: StepFn, weight_of: WeightFn) -> StepFn:
+    """Attach `weight_of(batch)`: the step's `weight` computed from the batch alone, before the forward pass.
+
+    Why: under data parallelism, FSDP and DeepSpeed the gradient must be scaled while it is made
+    (gradients are partitioned, so dividing `p.grad` afterwards is wrong). The loop sums the
+    window's weights over micro-batches and processes first, then back-propagates
+    `loss · weight · world / global_weight`; that needs the weight up front.
+    """
+    fn.weight_of = weight_of  # type: ignore[attr-defined]
+    return fn
+
+
+def weight_of(step_fn: StepFn, batch: dict[str, Tensor]) -> float | None:
+    """The step's declared weight of `batch`, or None when the step declares none."""
+    fn = getattr(step_fn, "weight_of", None)
+    return float(fn(batch)) if fn is not None else None
 
 _LM_INPUTS = ("input_ids", "attention_mask", "position_ids")
 
@@ -119,6 +143,15 @@ def reward_step(model: nn.Module, batch: dict[str, Tensor], ctx: StepContext) ->
         }
     return StepOutput(loss=loss, weight=float(B), tokens=_n_input_tokens(batch), metrics=metrics)
 
+
+def _lm_weight(batch: dict[str, Tensor]) -> float:
+    labels = batch.get("labels", batch["input_ids"])  # (B, T); position t predicts label t+1
+    return float((labels[:, 1:] != -100).sum())
+
+
+with_weight(lm_step, _lm_weight)
+with_weight(seq2seq_step, lambda batch: float((batch["labels"] != -100).sum()))
+with_weight(reward_step, lambda batch: float(batch["input_ids"].size(0) // 2))
 
 STEPS: dict[str, StepFn] = {"lm": lm_step, "seq2seq": seq2seq_step, "reward": reward_step}
 
