@@ -70,14 +70,15 @@ def sequential(folder: Path, qs: list[str], opts: dict[str, Any]) -> dict[str, A
     """The reference: one request at a time through lmlab.generate, in this process."""
     import torch
 
-    from lmlab.generate import DecodingConfig, chat_prompt, generate
+    from lmlab.data.chat import render_prompt
+    from lmlab.generate import DecodingConfig, generate
     from lmlab.models import load_model
 
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
     model, tok = load_model(str(folder), device=opts["device"])
     cfg = DecodingConfig(max_new_tokens=opts["max_tokens"], temperature=0)
-    prompts = [chat_prompt(tok, [{"role": "user", "content": q}]) for q in qs]
+    prompts = [render_prompt(tok, q) for q in qs]
     generate(model, tok, prompts[:2], cfg)  # warm-up
     replies, latencies = [], []
     start = time.perf_counter()

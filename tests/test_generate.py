@@ -8,8 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lmlab.models as zoo
+from lmlab.data.chat import render_prompt
 from lmlab.errors import ConfigError
-from lmlab.generate import DecodingConfig, chat_prompt, generate, generation_kwargs, stream
+from lmlab.generate import DecodingConfig, generate, generation_kwargs, stream
 
 GREEDY = DecodingConfig(temperature=0, max_new_tokens=8)
 
@@ -118,13 +119,13 @@ def test_stop_token_ids_end_generation(tok, qwen):
     assert kw["do_sample"] is False and "temperature" not in kw
 
 
-def test_chat_prompt_uses_the_template_or_chatml(tok):
+def test_render_prompt_uses_the_template_or_chatml(tok):
     msgs = [{"role": "user", "content": "hi"}]
     want = "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    assert chat_prompt(tok, msgs) == want
+    assert render_prompt(tok, msgs) == want
     bare = AutoTokenizer.from_pretrained(tok.name_or_path)
     bare.chat_template = None
-    assert chat_prompt(bare, msgs) == want
+    assert render_prompt(bare, msgs) == want
 
 
 def test_decoding_config_validation():

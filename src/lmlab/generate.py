@@ -45,6 +45,9 @@ def generation_kwargs(model: Any, tokenizer: Any, cfg: DecodingConfig) -> dict[s
     }
     if cfg.do_sample:  # greedy/beam search never reads the sampling knobs
         kwargs.update(top_k=cfg.top_k, top_p=cfg.top_p, temperature=cfg.temperature)
+    if cfg.beams > 1:  # HF's default 1.0 would otherwise come from the model's generation_config
+        kwargs["length_penalty"] = cfg.length_penalty
+    kwargs["no_repeat_ngram_size"] = cfg.no_repeat_ngram_size  # explicit (0 = off), like the sampling knobs
     return kwargs
 
 
@@ -215,20 +218,6 @@ def stream(model: Any, tokenizer: Any, prompt: str, cfg: DecodingConfig | None =
         raise failure[0]
 
 
-def chat_prompt(tokenizer: Any, messages: Sequence[Any], *, add_generation_prompt: bool = True) -> str:
-    """The prompt text for a conversation, through the tokenizer's chat template (ChatML if none).
-
-    `messages` are dicts {"role", "content"} or objects with .role and .content (data.formats.Message).
-    """
-    from lmlab.templates import CHATML
-
-    rows = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
-    template = None if getattr(tokenizer, "chat_template", None) else CHATML
-    return tokenizer.apply_chat_template(
-        rows, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-
-
 # -- the `lmlab generate` command -------------------------------------------------------------------
 
 
@@ -277,6 +266,7 @@ def read_prompts(path: str, *, strip: bool = False) -> list[str]:
 
 def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     """Load the model, generate, print, and (with out=DIR) write samples.jsonl + metrics.json."""
+    from lmlab.data.chat import render_prompt
     from lmlab.models.load import load_model
     from lmlab.runs import atomic_write_json, atomic_write_text
     from lmlab.templates import END_OF_TURN
@@ -286,8 +276,7 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
     decoding = decoding_of(cfg)
     texts = raw
     if cfg.chat:
-        system = [{"role": "system", "content": cfg.system}] if cfg.system else []
-        texts = [chat_prompt(tokenizer, [*system, {"role": "user", "content": p}]) for p in raw]
+        texts = [render_prompt(tokenizer, p, system=cfg.system) for p in raw]
         decoding.stop = [*decoding.stop, *sorted(set(END_OF_TURN.values()))]
     samples, stats = generate_with_stats(model, tokenizer, texts, decoding, batch_size=cfg.batch_size)
     rows = [{"prompt": p, "sample": i, "text": t} for p, outs in zip(raw, samples, strict=True) for i, t in enumerate(outs)]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmlab.config import closest
+from lmlab.data.chat import render_prompt
 from lmlab.errors import DataError, LmlabError
 from lmlab.runs import atomic_write_json
 
@@ -31,17 +32,6 @@ COMMAND_HELP = {
     "/help": "show this list",
 }
 ROLES = ("system", "user", "assistant")
-
-
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The prompt text for `messages`, ending where the assistant's reply starts.
-
-    The tokenizer's own chat template, through `lmlab.generate.chat_prompt` (ChatML for a
-    tokenizer without one), so chat, serve, web and `lmlab generate chat=true` read the same text.
-    """
-    from lmlab.generate import chat_prompt
-
-    return chat_prompt(tokenizer, messages)
 
 
 @dataclass

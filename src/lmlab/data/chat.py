@@ -125,9 +125,7 @@ def normalize_messages(messages: Iterable[Any], *, system: str | None = None, wh
 def _render(tokenizer: Any, template: str, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
     if not messages:
         return ""
-    return tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    return render_prompt(tokenizer, messages, template=template, add_generation_prompt=add_generation_prompt)
 
 
 def _encode_markers(tokenizer: Any, template: str, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:

@@ -195,6 +195,7 @@ def _prompts(cfg: GenMetricsConfig) -> tuple[list[str], list[str] | None, bool]:
 
 def _generate(cfg: GenMetricsConfig, prompts: list[Any], is_chat: bool) -> tuple[list[str], list[str]]:
     """(prompt texts as given to the model, one generated text per prompt)."""
+    from lmlab.data.chat import render_prompt
     from lmlab.eval.common import load
     from lmlab.generate import decoding_of, generate
 
@@ -205,8 +206,7 @@ def _generate(cfg: GenMetricsConfig, prompts: list[Any], is_chat: bool) -> tuple
     texts = []
     for p in prompts:
         if use_chat:
-            messages = [{"role": m.role, "content": m.content} for m in p] if is_chat else [{"role": "user", "content": p}]
-            texts.append(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            texts.append(render_prompt(tokenizer, p))
         else:
             texts.append("\n".join(m.content for m in p) if is_chat else p)
     return texts, [outs[0].strip() for outs in generate(model, tokenizer, texts, decoding_of(cfg))]
