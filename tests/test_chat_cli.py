@@ -36,8 +36,23 @@ def test_piped_chat_commands_history_and_save(model_dir, oracle, tmp_path):
     assert conv == {"system": "be brief", "persona": None,
                     "messages": [q1, a1, q2, {"role": "assistant", "content": r2}]}
     out = proc.stdout
-    assert out.startswith("system prompt set (8 characters)\n" + r1 + "\n" + r2 + "\n")
+    # piped output is a transcript that marks who speaks
+    assert out.startswith("system prompt set (8 characters)\nuser: the cat ran\nassistant: " + r1
+                          + "\nuser: tell me more\nassistant: " + r2 + "\n")
     assert out.rstrip().endswith("bye") and "never read" not in out
+
+
+def test_piped_chat_says_when_retrieval_finds_nothing(model_dir, tmp_path):
+    from lmlab.chat.rag import Index, IndexConfig, build_index
+
+    (tmp_path / "vault.md").write_text("The Zorblax vault opens only with the password plumtree.\n")
+    build_index(IndexConfig(docs=[str(tmp_path / "vault.md")], out=str(tmp_path / "idx"), embedder="tfidf"))
+    best = Index.load(tmp_path / "idx").search("password of the zorblax vault", threshold=-1.0)[0]
+    proc = chat(model_dir, "password of the zorblax vault\n", f"rag={tmp_path / 'idx'}", "rag_threshold=0.99")
+    assert proc.returncode == 0, proc.stderr
+    assert (f"[retrieval: no document scored >= 0.99 (best: {best.label()} at {best.score:.3f}); "
+            "answering without references") in proc.stdout
+    assert "user: password of the zorblax vault\n[retrieval: no document" in proc.stdout
 
 
 def test_eof_ends_chat_persona_used_and_budget_drops_old_turns(model_dir, oracle, tmp_path):

@@ -53,6 +53,23 @@ def test_tfidf_index_finds_planted_document_and_nothing_unrelated(docs, tmp_path
     assert len(index.search("How do I bake sourdough bread in an oven?", k=3, threshold=-1.0)) == 3
 
 
+def test_nothing_over_the_threshold_is_said_with_the_best_score(docs, tmp_path):
+    out = tmp_path / "idx"
+    build_index(IndexConfig(docs=[str(docs)], out=str(out), embedder="tfidf", chunk_size=40, overlap=8))
+    index = Index.load(out)
+    question = "What is the password of the Zorblax vault?"
+    top = index.search(question, k=1, threshold=-1.0)[0]
+    # a threshold just above the relevant chunk's score drops it; the retrieval says so, with that score
+    found = index.retrieve(question, k=3, threshold=top.score + 0.01)
+    assert found.hits == [] and found.best == top and found.best.source.endswith("vault.md")
+    note = found.note()
+    assert f"best: {top.label()} at {top.score:.3f}" in note and f">= {top.score + 0.01:.2f}" in note
+    assert "answering without references" in note
+    passed = index.retrieve(question, k=3, threshold=top.score - 0.01)
+    assert passed.hits[0] == top and passed.note() == ""
+    assert index.retrieve("   ", k=3).note().startswith("retrieval: the index has nothing")
+
+
 def test_reference_block_wraps_the_newest_question(docs, tmp_path):
     build_index(IndexConfig(docs=[str(docs / "vault.md")], out=str(tmp_path / "v"), embedder="tfidf"))
     hits = Index.load(tmp_path / "v").search("password of the Zorblax vault", threshold=0.0)

@@ -20,8 +20,10 @@ renamed into place, so an interrupted run never leaves half an index.
 
 At chat time the newest user message is the query; the top `k` chunks scoring at least the
 threshold are put in an explicit "Reference documents:" block ahead of the question, and their
-sources are shown. Nothing above the threshold: the model answers unaided. Cosine scales differ by
-embedder, so the default threshold is the index's own (0.5 for MiniLM, 0.2 for TF-IDF).
+sources are shown. Nothing above the threshold: the model answers unaided, and chat says so with
+the best chunk's score (`Index.retrieve(...).note()`), so a relevant document just under the
+threshold is not lost silently. Cosine scales differ by embedder, so the default threshold is the
+index's own (0.5 for MiniLM, 0.2 for TF-IDF).
 """
 from __future__ import annotations
 
@@ -82,6 +84,28 @@ class Hit:
 
     def label(self) -> str:
         return f"{self.source}#{self.chunk}"
+
+
+@dataclass
+class Retrieval:
+    """What one search found: the hits that passed the threshold, and the best chunk even if none did.
+
+    A relevant chunk just under the threshold (0.447 against 0.5) is silently dropped by a plain
+    hit list; `note()` says so, with the best score, so the threshold can be tuned.
+    """
+
+    hits: list[Hit]
+    best: Hit | None
+    threshold: float
+
+    def note(self) -> str:
+        """'' when something passed; else one line saying nothing did and what came closest."""
+        if self.hits:
+            return ""
+        if self.best is None:
+            return "retrieval: the index has nothing to match this question; answering without references"
+        return (f"retrieval: no document scored >= {self.threshold:.2f} (best: {self.best.label()} at "
+                f"{self.best.score:.3f}); answering without references — lower rag_threshold to use it")
 
 
 # -- documents → chunks ---------------------------------------------------------------------------
@@ -228,9 +252,13 @@ class Index:
 
     def search(self, query: str, k: int = 3, threshold: float | None = None) -> list[Hit]:
         """The top-`k` chunks with cosine similarity >= threshold (the index's default if None)."""
-        if not self.chunks or not query.strip():
-            return []
+        return self.retrieve(query, k, threshold).hits
+
+    def retrieve(self, query: str, k: int = 3, threshold: float | None = None) -> Retrieval:
+        """`search`, plus the best-scoring chunk whether or not it passed (for `Retrieval.note`)."""
         threshold = self.default_threshold if threshold is None else threshold
+        if not self.chunks or not query.strip():
+            return Retrieval([], None, threshold)
         q = self.embedder.encode([query])  # (1, D)
         k = min(k, len(self.chunks))
         if self._faiss is not None:
@@ -240,13 +268,12 @@ class Index:
             sims = self.vectors @ q[0]  # (N,)
             top = np.argsort(-sims)[:k]
             pairs = [(int(i), float(sims[i])) for i in top]
-        hits = []
+        ranked = []
         for i, score in pairs:
-            if i < 0 or score < threshold:
-                continue
-            c = self.chunks[i]
-            hits.append(Hit(c["text"], c["source"], int(c["chunk"]), float(score)))
-        return hits
+            if i >= 0:
+                c = self.chunks[i]
+                ranked.append(Hit(c["text"], c["source"], int(c["chunk"]), float(score)))
+        return Retrieval([h for h in ranked if h.score >= threshold], ranked[0] if ranked else None, threshold)
 
 
 def build_index(cfg: IndexConfig) -> dict[str, Any]:

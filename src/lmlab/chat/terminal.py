@@ -5,8 +5,9 @@
 
 Replies stream token by token through the model's chat template. Input is read line by line, so
 the same loop serves a person at a terminal and a script piping questions in; `/quit` or the end
-of input ends the chat with exit status 0. With `rag=INDEX` each question retrieves reference
-chunks and the sources used are printed under the reply.
+of input ends the chat with exit status 0; piped output is a transcript (`user: …` /
+`assistant: …` lines). With `rag=INDEX` each question retrieves reference chunks and the sources
+used are printed under the reply; when no chunk passes the threshold a line says so, with the best score.
 """
 from __future__ import annotations
 
@@ -58,11 +59,16 @@ def run_chat(cfg: ChatConfig, *, stdin: TextIO | None = None, stdout: TextIO | N
             if result.quit:
                 break
             continue
-        hits = index.search(line, k=cfg.rag_top_k, threshold=cfg.rag_threshold) if index is not None else []
+        if not interactive:  # a transcript: who speaks, so it can be pasted as it is
+            say(f"user: {line}")
+        found = index.retrieve(line, k=cfg.rag_top_k, threshold=cfg.rag_threshold) if index is not None else None
+        hits = found.hits if found is not None else []
         prompt = render_prompt(tokenizer, session.build_messages(line, hits))
         if session.dropped_turns:
             say(f"(history: left out the {session.dropped_turns} oldest turn(s) to fit {cfg.max_history_tokens} tokens)")
-        say("assistant> " if interactive else "", end="")
+        if found is not None and not hits:
+            say(f"[{found.note()}]")
+        say("assistant> " if interactive else "assistant: ", end="")
         parts = []
         for delta in stream(model, tokenizer, prompt, dcfg):
             parts.append(delta)
