@@ -46,6 +46,14 @@ COMMANDS: list[Command] = [
             "supervised fine-tuning (full, freeze, LoRA, QLoRA)"),
     Command("train rm", "lmlab.train.config:RewardConfig", "lmlab.train.reward:run", (),
             "Bradley–Terry reward model on preference pairs"),
+    Command("train dpo", "lmlab.train.config:DPOConfig", "lmlab.train.preference:run", (),
+            "direct preference optimisation from an SFT model (loss=sigmoid|ipo|hinge|robust|…, +sft mixes)"),
+    Command("train kto", "lmlab.train.config:KTOConfig", "lmlab.train.preference:run", (),
+            "Kahneman–Tversky optimisation on unpaired good/bad examples"),
+    Command("train simpo", "lmlab.train.config:SimPOConfig", "lmlab.train.preference:run", (),
+            "SimPO / CPO: reference-free, length-normalised preference optimisation"),
+    Command("train orpo", "lmlab.train.config:ORPOConfig", "lmlab.train.preference:run", (),
+            "ORPO: SFT and odds-ratio preference optimisation in one loss, no reference"),
     Command("eval reward", "lmlab.eval.reward_analysis:RewardAnalysisConfig", "lmlab.eval.reward_analysis:run", (),
             "reward-model analysis: accuracy, Welch t-test, length bias, readability, keywords, plots"),
     Command("eval compare", "lmlab.eval.compare:CompareConfig", "lmlab.eval.compare:run", (),
@@ -202,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         mapping, flags = parse_args(cmd, rest)
         call(cmd, mapping, resume="--resume" in flags, force="--force" in flags)
     except LmlabError as exc:
-        print(f"lmlab {cmd.name}: error: {exc}", file=sys.stderr)
+        prefix = f"lmlab {cmd.name}: "
+        message = "\n".join(line.removeprefix(prefix) for line in str(exc).splitlines())  # where= already says it
+        print(f"{prefix}error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nlmlab {cmd.name}: interrupted; finished checkpoints are kept (rerun with --resume)", file=sys.stderr)

@@ -110,6 +110,14 @@ def is_architecture(spec: str) -> bool:
     return parse_spec(spec)[0] in ARCHITECTURES
 
 
+def names_architecture(spec: str) -> bool:
+    """True when `spec` can only mean `arch:size` (a colon, no slash, not a folder): hub ids never
+    hold a colon, so 'mamba:tiny' is an unknown architecture, not a repository to download."""
+    import os
+
+    return isinstance(spec, str) and ":" in spec and "/" not in spec and "\\" not in spec and not os.path.exists(spec)
+
+
 def architecture(spec: str) -> tuple[Architecture, str]:
     """The registry entry and size of `spec`, or a ConfigError naming the closest valid name."""
     name, size = parse_spec(spec)
@@ -117,7 +125,7 @@ def architecture(spec: str) -> tuple[Architecture, str]:
         hint = closest(name, ARCHITECTURES)
         raise ConfigError(
             f"unknown architecture '{name}' in model='{spec}'" + (f"; did you mean '{hint}'?" if hint else "")
-            + f" (architectures: {', '.join(ARCHITECTURES)}; or give a HF hub id, a model folder or a run folder)"
+            + f"; known: {', '.join(ARCHITECTURES)} (or give a HF hub id, a model folder or a run folder)"
         )
     arch = ARCHITECTURES[name]
     if size not in arch.presets:
@@ -243,6 +251,7 @@ __all__ = [
     "human",
     "is_architecture",
     "load_model",
+    "names_architecture",
     "parse_spec",
     "preset_table",
     "resolve_model_dir",

@@ -24,6 +24,7 @@ import torch
 import lmlab.models  # noqa: F401  (registers our architectures with the Auto classes)
 from lmlab.devices import resolve_device
 from lmlab.errors import LmlabError
+from lmlab.models import architecture, names_architecture
 from lmlab.models.tuning import QLORA_NEEDS_CUDA, apply_tuning, count_parameters, describe_trainable
 
 Kind = Literal["causal-lm", "seq2seq", "sequence-classification"]
@@ -41,6 +42,8 @@ def _looks_like_path(spec: str) -> bool:
 def resolve_model_dir(spec: str) -> Path | None:
     """The folder holding the model `spec` names, or None when `spec` is not a local folder."""
     path = Path(spec).expanduser()
+    if names_architecture(spec):
+        architecture(spec)  # raises for an unknown architecture or size, naming the known ones
     if not path.is_dir():
         # runs/quickstrat (a typo under an existing folder) is a missing folder, not a hub id
         if _looks_like_path(spec) or ("/" in spec and path.parent.is_dir() and str(path.parent) not in ("", ".")):
@@ -140,8 +143,13 @@ def _from_pretrained(source: str, kind: str, *, spec: str, dtype: Any, trust_rem
         kwargs["quantization_config"] = quantization
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     auto = _auto_class(kind, source, trust_remote_code)
+    from safetensors import SafetensorError
+
     try:
         return auto.from_pretrained(source, **kwargs)
+    except SafetensorError as exc:
+        raise LmlabError(f"model={spec}: {_broken_weights(source)} is corrupt or truncated ({exc}); "
+                         "copy or save the model again (a finished run's final/ is written atomically)") from None
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise LmlabError(f"model={spec}: {kind} is not available for this architecture ({str(exc).splitlines()[0]})") from None
@@ -150,6 +158,19 @@ def _from_pretrained(source: str, kind: str, *, spec: str, dtype: Any, trust_rem
         if Path(source).is_dir():
             raise LmlabError(f"model={spec}: {exc}") from None
         raise _offline_error(spec, exc) from None
+
+
+def _broken_weights(source: str) -> str:
+    """The first .safetensors file under `source` whose header cannot be read (else the folder)."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []:
+        try:
+            with safe_open(str(path), "pt") as fh:
+                fh.keys()
+        except (SafetensorError, OSError):
+            return str(path)
+    return source
 
 
 def _load_tokenizer(source: str, spec: str, trust_remote_code: bool) -> Any:

@@ -349,3 +349,110 @@ class ORPOConfig(PreferenceConfig):
 
 
 STAGE_CONFIGS.update({"dpo": DPOConfig, "kto": KTOConfig, "simpo": SimPOConfig, "orpo": ORPOConfig})
+
+
+# -- online RL (train/online.py) ---------------------------------------------------------------
+
+@dataclass
+class OnlineRLConfig(TrainConfig):
+    """Keys every online-RL stage shares: prompts, rewards, sampling, rounds."""
+
+    data: str = opt("storyworld/instruct", "prompt dataset: chat records (the prompt is every turn before the last reply, "
+                    "which becomes the `answer` column) or text / labelled records (the first prompt_words words)")
+    lr: float = opt(1e-5, "peak learning rate (AdamW); RL wants it small")
+    reward: str = opt("storyworld:gold", "reward spec: storyworld:gold|happy|qa_exact, a reward-model / classifier folder, "
+                      "or package.module:function; several comma-separated")
+    reward_weights: list[float] = opt([], "one weight per reward (default 1 each); the weighted sum is optimised")
+    reward_label: str | None = opt(None, "classifier rewards: the label whose logit/probability is the reward (name or index; default: the last)")
+    reward_output: Literal["logit", "prob"] = opt("logit", "classifier rewards: the label's logit or its softmax probability")
+    num_generations: int = opt(1, "G: completions sampled per prompt (a group)")
+    rollout_batch: int | None = opt(None, "rollouts per round (prompts × G); default batch_size × grad_accum; a multiple of both G and batch_size × grad_accum")
+    ppo_epochs: int = opt(1, "passes over each round's rollouts (PPO's K epochs; GRPO's μ = num_iterations)")
+    max_new_tokens: int = opt(32, "completion length cap; a completion that reaches it without a stop token is 'truncated'")
+    temperature: float = opt(1.0, "sampling temperature T; log-probs are computed from logits / T, as sampled")
+    top_k: int = opt(0, "sample among the k most likely tokens (0 = off)")
+    top_p: float = opt(1.0, "nucleus sampling mass (1 = off)")
+    prompt_words: int = opt(8, "text / labelled prompts: words of each text used as the prompt (review prefixes)")
+    missing_eos_penalty: float = opt(0.0, "subtracted from the reward of a completion with no stop token (TRL missing_eos_penalty)")
+    repetition_penalty: float = opt(0.0, "subtracted × the share of repeated word 3-grams in the completion")
+    length_penalty: float = opt(0.0, "subtracted × every token beyond target_length")
+    target_length: int = opt(0, "tokens free of length_penalty")
+    eval_prompts: int = opt(32, "held-out prompts the evaluator samples (reward and gold reward); 0 = no evaluation")
+    log_rollouts_every: int = opt(1, "append every N-th round's rollouts with their rewards to rollouts.jsonl")
+    select_metric: str = opt("reward", "the evaluation metric that picks the kept checkpoint (the evaluator's mean reward)")
+    tuning: Literal["full", "freeze", "lora"] = opt("full", "which parameters train")
+    lora: LoraSettings = opt(LoraSettings, "LoRA settings (tuning=lora); the reference is then the policy with adapters off")
+    freeze: FreezeSettings = opt(FreezeSettings, "partial unfreezing (tuning=freeze)")
+    trust_remote_code: bool = opt(False, "allow model code from the hub")
+
+    def rollouts_per_round(self) -> int:
+        return self.rollout_batch or self.batch_size * self.grad_accum
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        n, step = self.rollouts_per_round(), self.batch_size * self.grad_accum
+        if self.num_generations < 1:
+            problems.append(f"num_generations must be >= 1, got {self.num_generations}")
+        elif n % self.num_generations:
+            problems.append(f"num_generations={self.num_generations} does not divide the rollouts per round ({n} = "
+                            "rollout_batch, default batch_size × grad_accum); pick a divisor or change batch_size")
+        if n % step:
+            problems.append(f"rollout_batch={n} must be a multiple of batch_size × grad_accum = {step} (whole optimizer steps per round)")
+        if self.ppo_epochs < 1:
+            problems.append(f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0 for RL sampling, got {self.temperature}")
+        return problems
+
+
+@dataclass
+class GRPOConfig(OnlineRLConfig):
+    """`lmlab train grpo`: group-relative policy optimisation (Shao et al. 2024, DeepSeekMath eq. 3); no critic."""
+
+    num_generations: int = opt(4, "G: completions per prompt; advantages are relative within each group")
+    loss: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = opt("dapo", "token-loss aggregation: grpo (per-sequence mean, eq. 3), "
+                                                         "dr_grpo (Σ / (B·max_new_tokens), Liu et al. 2025), dapo (Σ / all tokens, Yu et al. 2025), bnpo (micro-batch token mean)")
+    scale_rewards: Literal["group", "batch", "none"] = opt("group", "divide (R − mean_G) by the group std (eq. 3), the batch std (Lite-PPO) or nothing (Dr. GRPO)")
+    beta: float = opt(0.0, "β: weight of the k3 KL to the reference in the loss (eq. 3's β·D_KL); 0 = no reference loaded")
+    epsilon: float = opt(0.2, "ε: ratio clip 1 ± ε (PPO eq. 7)")
+    epsilon_high: float | None = opt(None, "upper clip 1 + ε_high (DAPO's clip-higher suggests 0.28); default ε")
+    advantage: Literal["grpo", "rloo"] = opt("grpo", "grpo: (R − mean)/std; rloo: R − mean of the other G−1 (Ahmadian et al. 2024)")
+
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        if self.advantage == "rloo" and self.num_generations < 2:
+            problems.append("advantage=rloo needs num_generations >= 2 (a leave-one-out baseline needs siblings)")
+        if self.num_generations < 2 and self.advantage == "grpo":
+            problems.append("GRPO needs num_generations >= 2: with one completion per prompt every advantage is 0")
+        return problems
+
+
+@dataclass
+class RLOOConfig(GRPOConfig):
+    """`lmlab train rloo`: REINFORCE leave-one-out (Ahmadian et al. 2024): A_i = R_i − mean_{j≠i} R_j, k1 KL in the reward."""
+
+    num_generations: int = opt(2, "G ≥ 2 completions per prompt")
+    advantage: Literal["grpo", "rloo"] = opt("rloo", "rloo (leave-one-out baseline)")
+    beta: float = opt(0.05, "β: R_i ← R_i − β·Σ_t (logπ_old − logπ_ref) (k1, sequence level, in the reward; TRL's RLOO default)")
+    loss: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = opt("dapo", "token-loss aggregation (see train grpo)")
+
+
+@dataclass
+class PPOConfig(OnlineRLConfig):
+    """`lmlab train ppo`: PPO with a value head, per-token KL penalty and GAE (Schulman et al. 2017; Ouyang et al. 2022)."""
+
+    temperature: float = opt(0.7, "sampling temperature T (TRL PPO's default); log-probs from logits / T")
+    ppo_epochs: int = opt(4, "K: passes over each round's rollouts")
+    kl_coef: float = opt(0.05, "β: per-token penalty −β·(logπ − logπ_ref) in the reward (Ziegler et al. 2019 eq. 2); initial value when kl_target is set")
+    kl_target: float | None = opt(None, "target KL per completion for the adaptive β (Ziegler et al. 2019); None = fixed β")
+    kl_horizon: int = opt(10000, "adaptive β horizon: β ← β(1 + clip(KL/target − 1, ±0.2)·n/horizon)")
+    cliprange: float = opt(0.2, "ε: policy ratio clip 1 ± ε (PPO eq. 7)")
+    cliprange_value: float = opt(0.2, "value clip: V within V_old ± this")
+    vf_coef: float = opt(0.1, "c1: weight of the value loss (PPO eq. 9)")
+    gamma: float = opt(1.0, "γ: discount in GAE (1 = none, as for language)")
+    lam: float = opt(0.95, "λ: GAE bias–variance trade-off (Schulman et al. 2016 eq. 16)")
+    whiten_rewards: bool = opt(False, "scale (not centre) the per-token rewards each round before GAE")
+    value_lr: float | None = opt(None, "learning rate of the value head (default: lr)")
+
+
+STAGE_CONFIGS.update({"grpo": GRPOConfig, "rloo": RLOOConfig, "ppo": PPOConfig})
