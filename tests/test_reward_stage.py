@@ -67,7 +67,8 @@ def test_reward_model_learns_toy_preference(tmp_path, tiny_qwen2_dir):
     })
     torch.manual_seed(0)
     result = run(cfg).metrics
-    assert result["train_pairs"] == 96 and result["val_pairs"] == 24 and result["steps"] == 30
+    assert result["train_pairs"] == 96 and result["val_pairs"] + result["test_pairs"] == 24 and result["steps"] == 30
+    assert result["test_pairs"] >= 6 and result["val_pairs"] >= 6 and result["eval_split"] == "test"
     assert result["eval_accuracy"] == 1.0
     assert result["eval_margin"] > 1.0
     rows = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
@@ -83,10 +84,13 @@ def test_reward_model_learns_toy_preference(tmp_path, tiny_qwen2_dir):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "rm" / "final")
-    _, val = load_pairs(cfg, tok)
-    chosen, rejected = pair_rewards(loaded, val, tok.pad_token_id, 8)
-    assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) == 24
-    assert sum(c - r for c, r in zip(chosen, rejected, strict=True)) / 24 == pytest.approx(result["eval_margin"], abs=1e-4)
+    _, selection, test = load_pairs(cfg, tok)
+    # the reported accuracy is on pairs that played no part in choosing the checkpoint
+    assert not {tuple(p.chosen) for p in selection} & {tuple(p.chosen) for p in test}
+    assert len(test) == result["test_pairs"] == result["eval_pairs"]
+    chosen, rejected = pair_rewards(loaded, test, tok.pad_token_id, 8)
+    assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) == len(test)
+    assert sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(test) == pytest.approx(result["eval_margin"], abs=1e-4)
 
 
 def test_untrained_architecture_is_refused(tmp_path):
@@ -121,8 +125,36 @@ def test_lora_reward_model_saves_its_head_and_reloads(tmp_path, tiny_qwen2_dir):
     adapter = json.loads((tmp_path / "rm" / "final" / "adapter_config.json").read_text())
     assert adapter["task_type"] == "SEQ_CLS" and "score" in adapter["modules_to_save"]
     # scoring the reloaded adapter (base + LoRA + head) reproduces the stage's own held-out margin
-    recs = load_records(str(val_file), "preference")
+    from lmlab.data.split import split_train_val
+
+    recs = split_train_val(load_records(str(val_file), "preference"), 0.5, seed=cfg.seed + 1)[1]  # the test half
     score = load_scorer(str(tmp_path / "rm"), device="cpu")
     chosen = score([r.prompt for r in recs], [r.chosen for r in recs])
     rejected = score([r.prompt for r in recs], [r.rejected for r in recs])
-    assert sum(c - r for c, r in zip(chosen, rejected, strict=True)) / 24 == pytest.approx(result["eval_margin"], abs=1e-4)
+    assert len(recs) == result["test_pairs"]
+    assert sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(recs) == pytest.approx(result["eval_margin"], abs=1e-4)
+
+
+def test_checkpoint_choice_and_reported_accuracy_use_different_pairs(tmp_path, tiny_qwen2_dir):
+    """keep_best chooses on the selection half; eval_accuracy is measured on the disjoint test half."""
+    from lmlab.config import build
+    from lmlab.train.config import RewardConfig
+    from lmlab.train.reward import load_pairs, run
+
+    data = _pairs_file(tmp_path / "prefs.jsonl", 40, seed=3)
+    cfg = build(RewardConfig, {"model": str(tiny_qwen2_dir), "data": str(data), "out": str(tmp_path / "rm"),
+                               "val_fraction": 0.4, "max_steps": 4, "batch_size": 4, "eval_every": 2, "eval_batches": 0,
+                               "keep_best": True, "max_length": 48, "device": "cpu"})
+    result = run(cfg).metrics
+    from transformers import AutoTokenizer
+
+    train, selection, test = load_pairs(cfg, AutoTokenizer.from_pretrained(tmp_path / "rm" / "final"))
+    assert result["eval_split"] == "test" and result["eval_pairs"] == len(test) == result["test_pairs"] > 0
+    assert len(train) + len(selection) + len(test) == 40
+    # the loop's validation rows (which pick the kept checkpoint) saw only the selection pairs: their
+    # accuracy is a multiple of 1/len(selection), and the final one is the reported selection accuracy
+    rows = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
+    val_rows = [r for r in rows if r["split"] == "val"]
+    assert all(abs(r["accuracy"] * len(selection) - round(r["accuracy"] * len(selection))) < 1e-6 for r in val_rows)
+    best = min(val_rows, key=lambda r: r["loss"])
+    assert result["selection_accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)

@@ -16,8 +16,9 @@ Setup → train → evaluate, top to bottom:
 3. batches of B pairs as 2B rows, chosen first, rejected after (one forward pass; `reward_step`),
    loss −log σ(r_c − r_r − m) (InstructGPT eq. 1; margin m: Llama 2 eq. 2) plus the optional
    centring penalty η·(r_c + r_r)² (`center_rewards`).
-4. the shared `Trainer`; after training, pairwise accuracy and the mean margin on the held-out
-   pairs go into result.json; final/ is the HF sequence-classification model (`eval reward`,
+4. the shared `Trainer`, evaluating on the *selection* half of the held-out pairs (which picks the
+   kept checkpoint); after training, pairwise accuracy and the mean margin on the other, *test*
+   half go into result.json (`eval_accuracy`, `eval_split: test`; `selection_accuracy` beside it); final/ is the HF sequence-classification model (`eval reward`,
    `eval compare judge=` and PPO load it with AutoModelForSequenceClassification).
 """
 from __future__ import annotations
@@ -36,7 +37,15 @@ from lmlab.train.stage import open_stage
 
 # -- data --------------------------------------------------------------------------------------
 
-def load_pairs(cfg: RewardConfig, tokenizer: Any) -> tuple[list[EncodedPair], list[EncodedPair]]:
+def load_pairs(cfg: RewardConfig, tokenizer: Any) -> tuple[list[EncodedPair], list[EncodedPair], list[EncodedPair]]:
+    """(train, selection, test) pairs.
+
+    The held-out pairs (`eval_data`'s held-out split, or `val_fraction` of `data`) are halved by a
+    content hash: the selection half is what the loop evaluates on, and so what chooses the kept
+    checkpoint (keep_best) and stops early; the test half is touched only once, at the end, for
+    the accuracy we report. Accuracy on the pairs that chose the checkpoint is biased upwards.
+    With a single held-out pair there is nothing to halve: it serves both, and result.json says so.
+    """
     from lmlab.data.loaders import heldout_split, load_records
     from lmlab.data.split import split_train_val
 
@@ -49,9 +58,15 @@ def load_pairs(cfg: RewardConfig, tokenizer: Any) -> tuple[list[EncodedPair], li
         train, val = split_train_val(records, cfg.val_fraction, seed=cfg.seed)
     if not train:
         raise DataError(f"data={cfg.data}: no training pairs left after holding out val_fraction={cfg.val_fraction}")
+    selection, test = split_train_val(val, 0.5, seed=cfg.seed + 1)
+    if not test:
+        test = selection
+
+    def encode(records: list[Any]) -> list[EncodedPair]:
+        return encode_pairs(tokenizer, records, cfg.max_length, cfg.template, cfg.eval_data or cfg.data) if records else []
+
     train_pairs = encode_pairs(tokenizer, train, cfg.max_length, cfg.template, cfg.data)
-    val_pairs = encode_pairs(tokenizer, val, cfg.max_length, cfg.template, cfg.eval_data or cfg.data) if val else []
-    return train_pairs, val_pairs
+    return train_pairs, encode(selection), (encode(test) if test is not selection else [])
 
 
 # -- model -------------------------------------------------------------------------------------
@@ -124,8 +139,8 @@ def run(cfg: RewardConfig, *, resume: bool = False, force: bool = False) -> RunR
     model, tokenizer = load_for_rm(cfg)
     trainable, total = count_parameters(model)
     log(f"rm {cfg.tuning}: {trainable:,} trainable of {total:,} parameters")
-    train, val = load_pairs(cfg, tokenizer)
-    log(f"data {cfg.data}: {len(train)} train / {len(val)} held-out pairs")
+    train, val, test = load_pairs(cfg, tokenizer)
+    log(f"data {cfg.data}: {len(train)} train / {len(val)} selection / {len(test)} test pairs")
     pad = tokenizer.pad_token_id
     train_src = PairBatches(train, cfg.batch_size, pad, seed=cfg.seed)
     eval_src = PairBatches(val, cfg.batch_size, pad, seed=cfg.seed, group_by_length=True) if val else None
@@ -134,9 +149,14 @@ def run(cfg: RewardConfig, *, resume: bool = False, force: bool = False) -> RunR
     result = trainer.fit(resume=resume)
 
     if val:
-        result.update(pair_metrics(*pair_rewards(trainer.raw, val, pad, cfg.batch_size)))
-        log(f"held-out pairwise accuracy {result['eval_accuracy']:.3f}, mean margin {result['eval_margin']:.3f}")
+        # eval_* is on the test half; the selection half chose the checkpoint, its accuracy is kept apart
+        chosen_val = pair_metrics(*pair_rewards(trainer.raw, val, pad, cfg.batch_size))
+        result["selection_accuracy"] = chosen_val["eval_accuracy"]
+        result.update(pair_metrics(*pair_rewards(trainer.raw, test, pad, cfg.batch_size)) if test else chosen_val)
+        result["eval_split"] = "test" if test else "validation (also chose the checkpoint: biased upwards)"
+        log(f"pairwise accuracy on {len(test) or len(val)} {result['eval_split']} pairs {result['eval_accuracy']:.3f} "
+            f"(selection pairs: {result['selection_accuracy']:.3f}), mean margin {result['eval_margin']:.3f}")
     result.update({"trainable_params": trainable, "total_params": total, "tuning": cfg.tuning,
-                   "train_pairs": len(train), "val_pairs": len(val)})
+                   "train_pairs": len(train), "val_pairs": len(val), "test_pairs": len(test)})
     rundir.finish(result)
     return RunResult(rundir.path, result)
