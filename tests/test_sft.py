@@ -245,3 +245,18 @@ def test_packing_refused_for_models_without_position_ids():
 
     with pytest.raises(ConfigError, match=r"NoPositions does not take position_ids.*packing=false"):
         check_packing(NoPositions())
+
+
+def test_template_is_saved_with_final(tiny_qwen2_dir, chat_file, tmp_path):
+    """template=alpaca trains on Alpaca-rendered prompts; final/ must carry that template so chat,
+    serve and eval render the same text (the fixture tokenizer's own template is ChatML)."""
+    from transformers import AutoTokenizer
+
+    from lmlab.data.chat import render_prompt
+    from lmlab.templates import get_template
+
+    res, _ = run_sft(cfg(tiny_qwen2_dir, chat_file, tmp_path / "alp", template="alpaca", max_steps=1))
+    tok = AutoTokenizer.from_pretrained(res.path / "final")
+    assert tok.chat_template == get_template("alpaca")
+    text = render_prompt(tok, "Tell a story")
+    assert "### Instruction" in text and "<|im_start|>" not in text

@@ -226,6 +226,11 @@ def run(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> RunResu
         log(f"max_length={cfg.max_length} truncated {stats.truncated_examples} of {stats.examples} examples "
             f"({stats.truncated_response_tokens} response tokens lost, {stats.dropped_examples} examples left with none)")
     train_src, eval_src = make_sources(cfg, train, val, tokenizer.pad_token_id)
+    # chat, serve and eval render prompts with the tokenizer's template: it must be the one the model
+    # was trained on, so the resolved `template=` is saved with final/ (tokenizer_config / chat_template)
+    from lmlab.data.chat import resolve_template
+
+    tokenizer.chat_template = resolve_template(tokenizer, cfg.template)
 
     # Packed rows rely on transformers spotting position_ids resets, which it skips when a KV
     # cache exists; no cache in training (it is restored before saving, so generation keeps it).
