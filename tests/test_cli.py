@@ -25,6 +25,28 @@ def test_unknown_command_suggests(capsys):
     assert "did you mean 'lmlab train pt'?" in capsys.readouterr().err
 
 
+def test_group_help_lists_its_stages(capsys):
+    assert cli.main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    stages = [c.name for c in cli.COMMANDS if c.name.startswith("train ")]
+    assert len(stages) >= 3 and all(f"lmlab {name}" in out for name in stages)
+    assert "did you mean" not in out
+    assert cli.main(["train"]) == 2 and "lmlab train sft" in capsys.readouterr().err
+
+
+def test_missing_stage_is_not_sent_to_a_similar_one(capsys):
+    stages = {c.name.split()[1] for c in cli.COMMANDS if c.name.startswith("train ")}
+    for missing in ("ppo", "grpo", "rloo", "bogus"):
+        if missing in stages:
+            continue
+        assert cli.main(["train", missing]) == 2
+        err = capsys.readouterr().err
+        assert "did you mean" not in err and f"'train {missing}' is not a command" in err
+        assert all(name in err for name in stages)  # the stages that do exist are listed
+    assert cli.main(["train", "sftt"]) == 2  # a one-letter typo still gets its hint
+    assert "did you mean 'lmlab train sft'?" in capsys.readouterr().err
+
+
 def test_unknown_flag_and_key_fail_before_work(capsys):
     assert cli.main(["train", "pt", "--resum"]) == 2
     assert "unknown flag --resum; did you mean --resume?" in capsys.readouterr().err

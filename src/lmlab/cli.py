@@ -54,6 +54,12 @@ COMMANDS: list[Command] = [
             "SimPO / CPO: reference-free, length-normalised preference optimisation"),
     Command("train orpo", "lmlab.train.config:ORPOConfig", "lmlab.train.preference:run", (),
             "ORPO: SFT and odds-ratio preference optimisation in one loss, no reference"),
+    Command("train grpo", "lmlab.train.config:GRPOConfig", "lmlab.train.online:run_grpo", (),
+            "GRPO / Dr. GRPO / DAPO: online RL with group-relative advantages, no critic (reward=…)"),
+    Command("train rloo", "lmlab.train.config:RLOOConfig", "lmlab.train.online:run_rloo", (),
+            "RLOO: online REINFORCE with leave-one-out baselines"),
+    Command("train ppo", "lmlab.train.config:PPOConfig", "lmlab.train.online:run_ppo", (),
+            "PPO with a value head, per-token KL penalty (fixed or adaptive) and GAE"),
     Command("eval reward", "lmlab.eval.reward_analysis:RewardAnalysisConfig", "lmlab.eval.reward_analysis:run", (),
             "reward-model analysis: accuracy, Welch t-test, length bias, readability, keywords, plots"),
     Command("eval compare", "lmlab.eval.compare:CompareConfig", "lmlab.eval.compare:run", (),
@@ -127,6 +133,31 @@ def usage() -> str:
     )
 
 
+def group_commands(word: str) -> list[Command]:
+    """The commands under a group word (`train` → train pt, train sft, …); [] if it is no group."""
+    return [c for c in COMMANDS if len(c.name.split()) > 1 and c.name.split()[0] == word]
+
+
+def group_usage(word: str) -> str:
+    """`lmlab train --help`: the group's commands, one line each, from the table."""
+    subs = group_commands(word)
+    width = max(len(c.name) for c in subs) + 2
+    rows = "\n".join(f"  lmlab {c.name:<{width}} {c.help}" for c in subs)
+    return (f"usage: lmlab {word} {'STAGE' if word == 'train' else 'SUBCOMMAND'} [CONFIG.yaml] [key=value ...]\n\n"
+            f"{rows}\n\n`lmlab {subs[0].name} --help` lists a command's keys.")
+
+
+def unknown_in_group(word: str, sub: str) -> str:
+    """A missing subcommand: suggest only a near-certain typo (a stage that does not exist yet,
+    such as a planned `train ppo`, must not be sent to a different, merely similar-looking stage)."""
+    import difflib
+
+    names = [c.name.split()[1] for c in group_commands(word)]
+    hint = difflib.get_close_matches(sub, names, n=1, cutoff=0.8)
+    return (f"lmlab: '{word} {sub}' is not a command" + (f"; did you mean 'lmlab {word} {hint[0]}'?" if hint else "")
+            + f"\n{word} commands: {', '.join(names)} (`lmlab {word} --help` describes them)")
+
+
 def parse_args(cmd: Command, args: list[str]) -> tuple[dict[str, Any], set[str]]:
     """Split args into a key mapping (YAML file, positionals, key=value) and flags."""
     from lmlab.config import load_yaml, merge, parse_overrides
@@ -187,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     if "--quiet" in argv:
         os.environ["LMLAB_QUIET"] = "1"
     cmd, used = find_command(words)
+    if cmd is None and words and group_commands(words[0]):
+        if len(words) == 1:  # `lmlab train` / `lmlab train --help`: the group's commands
+            help_asked = "--help" in argv or "-h" in argv
+            print(group_usage(words[0]), file=sys.stdout if help_asked else sys.stderr)
+            return 0 if help_asked else 2
+        print(unknown_in_group(words[0], words[1]), file=sys.stderr)
+        return 2
     if cmd is None:
         from lmlab.config import closest
 
