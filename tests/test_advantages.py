@@ -24,7 +24,6 @@ from lmlab.train.advantages import (
     masked_whiten,
     rloo_advantages,
     tied_groups,
-    token_logprobs,
 )
 
 
@@ -43,16 +42,6 @@ def test_kl_estimators_reference_values():
     assert kl_estimate(torch.tensor([-2.0]), torch.tensor([-1.0]), "k1").item() == -1.0
     with pytest.raises(ValueError, match="k4"):
         kl_estimate(logp, ref, "k4")
-
-
-def test_token_logprobs_use_the_sampling_temperature():
-    logits = torch.tensor([[[2.0, 0.0, -1.0]]])  # (1, 1, 3)
-    tok = torch.tensor([[0]])
-    for T in (1.0, 0.5):
-        z = torch.tensor([2.0, 0.0, -1.0]) / T
-        expect = z[0] - torch.logsumexp(z, 0)
-        close(token_logprobs(logits, tok, T), [[expect]])
-    assert token_logprobs(logits, tok, 0.5).item() > token_logprobs(logits, tok, 1.0).item()
 
 
 def test_gae_three_steps_by_hand():

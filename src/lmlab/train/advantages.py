@@ -36,18 +36,6 @@ STD_EPS = 1e-4
 
 # -- log-probabilities and KL ------------------------------------------------------------------
 
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    """log p(token_t) under softmax(logits_t / T): (B, T, V), (B, T) → (B, T), float32.
-
-    The temperature must be the one the tokens were sampled with: PPO's ratio and KL compare
-    the sampling distribution with the trained one ("N implementation details of RLHF", detail 2).
-    Computed as logit − logsumexp so no (B, T, V) log-softmax is kept.
-    """
-    scaled = logits.float() / max(temperature, 1e-7)  # (B, T, V)
-    picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return picked - torch.logsumexp(scaled, dim=-1)
-
-
 def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Entropy of softmax(logits / T) at each position: (B, T, V) → (B, T)."""
     logp = F.log_softmax(logits.float() / max(temperature, 1e-7), dim=-1)
