@@ -271,3 +271,104 @@ def test_full_queue_answers_429_and_slots_are_released(model_dir):
         assert first[0].status_code == 200 and first[0].json()["choices"][0]["message"]["content"] == "done"
         again = http.post("/v1/chat/completions", json=body)  # the slot was given back
         assert again.status_code == 200
+
+
+# -- hardening: oversize, slow and malformed bodies (issue 13) -----------------------------------------
+@pytest.fixture(scope="module")
+def guarded(model_dir):
+    """A server of its own (its pid is needed for RSS), 1 MB body limit, no API key."""
+    proc, url = start_server(["serve", str(model_dir), "port=0", "name=tiny", "max_request_bytes=1000000",
+                              "max_tokens_limit=64", "batch_wait_ms=5", "threads=1"])
+    yield proc, url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+
+HARD = {  # body (dict or raw bytes), content type, status, param or message part
+    "temperature NaN": ({"temperature": float("nan")}, None, 400, "temperature"),
+    "top_p inf": ({"top_p": float("inf")}, None, 400, "top_p"),
+    "repetition_penalty -inf": ({"repetition_penalty": float("-inf")}, None, 400, "repetition_penalty"),
+    "stop number": ({"stop": 3}, None, 400, "stop"),
+    "stop list of numbers": ({"stop": [1, 2]}, None, 400, "stop"),
+    "deep nesting": (b'{"model": "tiny", "messages": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", None, 400,
+                     "nested too deeply"),
+    "xml content type": (b"<messages/>", "application/xml", 415, "Content-Type"),
+    "multipart": (b"--x\r\n\r\nhi\r\n--x--", "multipart/form-data; boundary=x", 415, "Content-Type"),
+    "prompt over context": ({"messages": [{"role": "user", "content": "the cat ran " * 60_000}]}, None, 400,
+                            "context"),
+}
+
+
+@pytest.mark.parametrize("case", list(HARD))
+def test_malformed_bodies_are_4xx_naming_the_field(guarded, case):
+    change, ctype, status, where = HARD[case]
+    if isinstance(change, bytes):
+        content = change
+    else:
+        content = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4,
+                              **change}).encode()
+    r = httpx.post(guarded[1] + "/v1/chat/completions", content=content,
+                   headers={"content-type": ctype or "application/json"}, timeout=60)
+    assert r.status_code == status, r.text[:300]
+    err = r.json()["error"]
+    assert err["param"] == where or where in err["message"]
+    assert len(r.content) < 2000  # the answer does not echo the body back
+
+
+def test_20mb_body_in_flight_does_not_stall_health_or_other_clients(guarded):
+    """A 20 MB body sent slowly gets 413; meanwhile /health answers in < 100 ms and every
+    well-formed request is answered; the server's memory returns to its baseline."""
+    import time
+
+    proc, url = guarded
+    ok = {"model": "tiny", "messages": [{"role": "user", "content": "the dog"}], "max_tokens": 4, "temperature": 0}
+    for _ in range(3):  # warm-up: first requests allocate the batcher's buffers
+        assert httpx.post(url + "/v1/chat/completions", json=ok, timeout=60).status_code == 200
+    base = _rss_mb(proc.pid)
+    answers: dict[str, list] = {"big": [], "ok": [], "health": []}
+    sending = threading.Event()
+
+    def slow_body():
+        sending.set()
+        yield b'{"model": "tiny", "messages": [{"role": "user", "content": "'
+        for _ in range(40):  # 20 MB in 512 KB chunks over ~1 s
+            yield b"a" * (512 * 1024)
+            time.sleep(0.025)
+        yield b'"}]}'
+
+    def big(declared: bool) -> None:
+        headers = {"content-type": "application/json"}
+        body = b"".join(slow_body()) if declared else slow_body()
+        r = httpx.post(url + "/v1/chat/completions", content=body, headers=headers, timeout=120)
+        answers["big"].append((r.status_code, r.json()["error"]["code"]))
+
+    def well_formed() -> None:
+        r = httpx.post(url + "/v1/chat/completions", json=ok, timeout=120)
+        answers["ok"].append(r.status_code)
+
+    threads = [threading.Thread(target=big, args=(d,)) for d in (False, True, False)]
+    threads += [threading.Thread(target=well_formed) for _ in range(8)]
+    for t in threads:
+        t.start()
+    sending.wait(10)
+    with httpx.Client() as c:
+        while any(t.is_alive() for t in threads[:3]):
+            t0 = time.perf_counter()
+            assert c.get(url + "/health").status_code == 200
+            answers["health"].append(time.perf_counter() - t0)
+            time.sleep(0.01)
+    for t in threads:
+        t.join(120)
+    assert answers["big"] == [(413, "request_too_large")] * 3
+    assert answers["ok"] == [200] * 8
+    assert len(answers["health"]) >= 10 and max(answers["health"]) < 0.1, sorted(answers["health"])[-3:]
+    junk = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * 900_000}]})
+    for _ in range(10):  # bodies under the limit but refused: parsed, then dropped
+        assert httpx.post(url + "/v1/chat/completions", content=junk, timeout=60).status_code == 400
+    time.sleep(0.5)
+    assert _rss_mb(proc.pid) <= base * 1.10, (base, _rss_mb(proc.pid))

@@ -12,11 +12,18 @@ Bad requests get a 4xx JSON body in OpenAI's error shape, `{"error": {"message",
 one `BatchEngine` (lmlab/chat/engine.py), which merges requests that arrive together into one
 batched `generate`. Extensions beyond OpenAI's fields: `top_k`, `repetition_penalty` in requests;
 `sources` (retrieved chunks) in responses when the server runs with `rag=INDEX`.
+
+Robustness: a body over `max_request_bytes` is answered 413 before any parsing (it is read in
+chunks and thrown away, never held); JSON parsing, validation, chat-template rendering and
+tokenizing run in a worker thread, so one huge or slow request cannot stall `/health` or other
+clients; a prompt whose byte length already proves it longer than the context is refused without
+being tokenized at all. NaN/inf numbers, too-deep nesting and wrong content types are 4xx answers.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -54,12 +61,13 @@ class ServeConfig(ChatKeys):
     top_p: float = opt(1.0, "default nucleus top_p when a request gives none")
     top_k: int = opt(0, "default top-k when a request gives none (0 = off)")
     repetition_penalty: float = opt(1.0, "default repetition penalty when a request gives none")
+    max_request_bytes: int = opt(1_000_000, "largest request body in bytes; larger ones get 413 before parsing")
 
     def validate(self) -> list[str]:
         problems = super().validate()
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be in 0..65535, got {self.port}")
-        for key in ("max_concurrency", "max_batch_size", "max_tokens_limit"):
+        for key in ("max_concurrency", "max_batch_size", "max_tokens_limit", "max_request_bytes"):
             if getattr(self, key) < 1:
                 problems.append(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.max_queue < 0:
@@ -88,10 +96,18 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
         raise ApiError(400, f"'{key}' must be {'an integer' if integer else 'a number'}, got {value!r}", key)
+    if not math.isfinite(value):
+        raise ApiError(400, f"'{key}' must be a finite number, got {value!r}", key)
     if value < lo or value > hi or (lo_open and value == lo):
         lo_s = f"({lo}" if lo_open else f"[{lo}"
         raise ApiError(400, f"'{key}' must be in {lo_s}, {hi}], got {value!r}", key)
     return value
+
+
+def _short(value: Any, n: int = 80) -> str:
+    """repr(value), cut to n characters: error messages name the value without echoing megabytes."""
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + f"… ({len(text)} chars)"
 
 
 def _text_content(content: Any, i: int) -> str:
@@ -101,11 +117,11 @@ def _text_content(content: Any, i: int) -> str:
         parts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise ApiError(400, f"messages[{i}].content: only text parts are supported, got {part!r}",
+                raise ApiError(400, f"messages[{i}].content: only text parts are supported, got {_short(part)}",
                                f"messages[{i}].content")
             parts.append(part["text"])
         return "".join(parts)
-    raise ApiError(400, f"messages[{i}].content must be a string, got {content!r}", f"messages[{i}].content")
+    raise ApiError(400, f"messages[{i}].content must be a string, got {_short(content)}", f"messages[{i}].content")
 
 
 def parse_messages(raw: Any) -> list[dict[str, str]]:
@@ -120,12 +136,69 @@ def parse_messages(raw: Any) -> list[dict[str, str]]:
             from lmlab.config import closest
 
             hint = closest(str(role), ROLES)
-            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {role!r}"
+            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {_short(role)}"
                            + (f"; did you mean '{hint}'?" if hint else ""), f"messages[{i}].role")
         out.append({"role": "system" if role == "developer" else role, "content": _text_content(m.get("content"), i)})
     if out[-1]["role"] == "assistant":
         raise ApiError(400, "the last message must be from the user (or system), not the assistant", "messages")
     return out
+
+
+JSON_TYPES = ("application/json", "text/plain", "application/x-www-form-urlencoded")
+"""Content types taken as JSON: the right one, plus what curl -d and some clients send by default."""
+DRAIN_LIMIT = 64 * 2**20
+"""An oversize body up to this size is read (and dropped) so the client gets its 413 cleanly."""
+
+
+def check_content_type(header: str | None) -> None:
+    media = (header or "").split(";")[0].strip().lower()
+    if media and media not in JSON_TYPES and not media.endswith("+json"):
+        raise ApiError(415, f"Content-Type {media!r} is not supported; send the body as JSON with "
+                       "'Content-Type: application/json'", code="unsupported_media_type")
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, read in chunks; 413 once it passes `limit` (the rest is drained, never kept)."""
+    too_big = ApiError(413, f"the request body is larger than this server's limit of {limit} bytes "
+                       "(max_request_bytes); send a shorter prompt or fewer messages", code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > DRAIN_LIMIT:
+        raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            chunks.clear()
+            if size > DRAIN_LIMIT:
+                break
+            continue
+        chunks.append(chunk)
+    if size > limit:
+        raise too_big
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A JSON object, or an ApiError that says what is wrong with the body."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply to be a chat or completion request") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return body
+
+
+def max_token_bytes(tokenizer: Any) -> int:
+    """The most UTF-8 bytes one token can stand for (an upper bound), so that a prompt's byte length
+    divided by it is a lower bound on its token count."""
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # no vocabulary to inspect: no bound
+        return 0
+    return max((len(str(t).encode("utf-8")) for t in vocab), default=0)
 
 
 class Server:
@@ -139,6 +212,7 @@ class Server:
         self.slots = asyncio.Semaphore(cfg.max_concurrency)
         self.waiting = 0
         self.created = int(time.time())
+        self.token_bytes = max_token_bytes(engine.tokenizer) if self.context else 0
 
     # -- checks -----------------------------------------------------------------------------
     def authorize(self, header: str | None) -> None:
@@ -168,7 +242,7 @@ class Server:
         elif isinstance(stop, str):
             stop = [stop]
         if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
-            raise ApiError(400, f"'stop' must be a string or a list of at most 4 strings, got {stop!r}", "stop")
+            raise ApiError(400, f"'stop' must be a string or a list of at most 4 strings, got {_short(stop)}", "stop")
         n = _number(body, "n", 1, 1, 16, integer=True)
         dcfg = decoding_of(
             c,
@@ -182,9 +256,21 @@ class Server:
         )
         return dcfg, n
 
-    def check_length(self, prompt_tokens: int, max_tokens: int) -> None:
+    def count_prompt(self, prompt: str, max_tokens: int) -> int:
+        """Prompt tokens, checked against the context; a prompt whose bytes alone prove it too long
+        is refused without tokenizing it (a 1 MB prompt takes seconds to tokenize)."""
+        if self.context and self.token_bytes:
+            at_least = math.ceil(len(prompt.encode("utf-8")) / self.token_bytes)
+            if at_least + max_tokens > self.context:
+                self.check_length(at_least, max_tokens, at_least=True)
+        prompt_tokens = self.engine.count_tokens(prompt)
+        self.check_length(prompt_tokens, max_tokens)
+        return prompt_tokens
+
+    def check_length(self, prompt_tokens: int, max_tokens: int, at_least: bool = False) -> None:
         if self.context and prompt_tokens + max_tokens > self.context:
-            raise ApiError(400, f"this model's context is {self.context} tokens; the prompt has {prompt_tokens} and "
+            raise ApiError(400, f"this model's context is {self.context} tokens; the prompt has {'at least ' if at_least else ''}"
+                           f"{prompt_tokens} and "
                            f"max_tokens asks for {max_tokens}: shorten the messages or lower max_tokens",
                            "messages", code="context_length_exceeded")
 
@@ -242,14 +328,14 @@ def create_app(state: Server) -> Any:
         err = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=None)
         return JSONResponse(err.body(), status_code=exc.status_code)
 
-    async def read(request: Request) -> dict[str, Any]:
+    async def read(request: Request) -> bytes:
+        """Checks that need no parsing (key, content type, size), on the event loop."""
         state.authorize(request.headers.get("authorization"))
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, "the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
+        check_content_type(request.headers.get("content-type"))
+        return await read_limited(request, state.cfg.max_request_bytes)
+
+    def parse(raw: bytes) -> dict[str, Any]:
+        body = parse_json(raw)
         state.check_model(body)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
@@ -267,10 +353,13 @@ def create_app(state: Server) -> Any:
         return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.created,
                                             "owned_by": "lmlab"}]}
 
-    async def respond(body: dict[str, Any], prompt: str, *, chat: bool, extra: dict[str, Any]) -> Any:
+    def prepare(body: dict[str, Any], prompt: str) -> tuple[Any, int, int]:
         dcfg, n = state.decoding(body)
-        prompt_tokens = state.engine.count_tokens(prompt)
-        state.check_length(prompt_tokens, dcfg.max_new_tokens)
+        return dcfg, n, state.count_prompt(prompt, dcfg.max_new_tokens)
+
+    async def respond(body: dict[str, Any], prompt: str, prepared: tuple[Any, int, int], *, chat: bool,
+                      extra: dict[str, Any]) -> Any:
+        dcfg, n, prompt_tokens = prepared
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
@@ -349,9 +438,9 @@ def create_app(state: Server) -> Any:
                 h.cancel()  # client went away: free its batch rows
             state.slots.release()
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        body = await read(request)
+    def chat_request(raw: bytes) -> tuple[dict[str, Any], str, tuple[Any, int, int], dict[str, Any]]:
+        """Everything between the bytes and generation (runs in a worker thread)."""
+        body = parse(raw)
         messages = parse_messages(body.get("messages"))
         if state.system and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": state.system}, *messages]
@@ -364,17 +453,27 @@ def create_app(state: Server) -> Any:
             hits = state.index.search(question, k=state.cfg.rag_top_k, threshold=state.cfg.rag_threshold)
             messages = augment_messages(messages, hits)
             extra["sources"] = _sources(hits)
-        return await respond(body, render_prompt(state.engine.tokenizer, messages), chat=True, extra=extra)
+        prompt = render_prompt(state.engine.tokenizer, messages)
+        return body, prompt, prepare(body, prompt), extra
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        body = await read(request)
+    def completion_request(raw: bytes) -> tuple[dict[str, Any], str, tuple[Any, int, int], dict[str, Any]]:
+        body = parse(raw)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str) or not prompt:
-            raise ApiError(400, f"'prompt' must be a non-empty string, got {prompt!r}", "prompt")
-        return await respond(body, prompt, chat=False, extra={})
+            raise ApiError(400, f"'prompt' must be a non-empty string, got {_short(prompt)}", "prompt")
+        return body, prompt, prepare(body, prompt), {}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        body, prompt, prepared, extra = await asyncio.to_thread(chat_request, await read(request))
+        return await respond(body, prompt, prepared, chat=True, extra=extra)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        body, prompt, prepared, extra = await asyncio.to_thread(completion_request, await read(request))
+        return await respond(body, prompt, prepared, chat=False, extra=extra)
 
     return app
 
