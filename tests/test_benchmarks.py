@@ -226,7 +226,7 @@ def test_bad_keys_are_refused_with_the_fix(mirror, capsys):
     from lmlab.errors import DataError
 
     cfg = build(BenchConfig, {"model": "m", "tasks": "openbookqa", "split": "test"})
-    with pytest.raises(DataError, match=r"mirror layout has no test file for openbookqa.*local splits: validation, train; use split=validation"):
+    with pytest.raises(DataError, match=r"looked for eval/openbookqa/test.tsv\); local splits: validation, train; use split=validation"):
         benchmarks_load(cfg)
 
 

@@ -41,9 +41,9 @@ def test_fake_mirror_resolution(fake_mirror):
     assert load_texts("tinystories") == ["Tom ran.\nHe fell.", "Mia sang."]
     assert load_records("imdb", "labelled") == [LabelledRecord("Great, fun film", "positive"), LabelledRecord("Dull", "negative")]
     assert load_texts("chinese-poetry") == ["靜夜思\n床前明月光，\n疑是地上霜。"]
-    # hh-rlhf's mirror substitute is the dpo-en file
-    assert load_records("hh-rlhf", "preference")[0].chosen == "good"
-    assert registry.where_now("tinystories").startswith("mirror: train=")
+    assert load_records("dpo-en", "preference")[0].chosen == "good"
+    assert registry.where_now("tinystories") == ("mirror: train=tinystories/TinyStories-train.head.txt; "
+                                                 "not on the mirror: validation")
 
 
 def test_mirror_missing_file_says_which_and_how(fake_mirror):
@@ -54,8 +54,8 @@ def test_mirror_missing_file_says_which_and_how(fake_mirror):
 
 
 def test_unknown_split_lists_splits(fake_mirror):
-    with pytest.raises(DataError, match=r"dataset 'ptb' has no split 'train' .*splits: validation, test"):
-        registry.resolve_path("ptb", "train")
+    with pytest.raises(DataError, match=r"dataset 'dpo-en' has no split 'test' .*splits: train\)"):
+        registry.resolve_path("dpo-en", "test")
     with pytest.raises(DataError, match=r"no split 'valid'; did you mean 'validation'"):
         registry.resolve_path("ptb", "valid")
 
@@ -80,6 +80,105 @@ def test_eval_sets_resolve_to_paths(fake_mirror):
     (fake_mirror / "eval" / "gsm8k" / "test.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
     assert registry.resolve_path("gsm8k", "test") == fake_mirror / "eval/gsm8k/test.jsonl"
     assert load_rows("gsm8k", split="test")[0][1]["answer"] == "#### 2"
+
+
+# -- every hub split has a documented mirror path; a missing one says where; no substitutes -------------
+HUB_SPLITS = {  # the splits each hub dataset has, and the mirror path the registry documents for each
+    "ptb": {"train": "ptb/ptb.train.txt", "validation": "ptb/ptb.valid.txt", "test": "ptb/ptb.test.txt"},
+    "wikitext2": {"train": "wikitext-2/train.txt", "validation": "wikitext-2/valid.txt", "test": "wikitext-2/test.txt"},
+    "openbookqa": {"train": "eval/openbookqa/train.tsv", "validation": "eval/openbookqa/dev.tsv",
+                   "test": "eval/openbookqa/test.tsv"},
+    "hh-rlhf": {"train": "preference/hh-rlhf/train.jsonl.gz", "test": "preference/hh-rlhf/test.jsonl.gz"},
+    "hh-rlhf/helpful-base": {"train": "preference/hh-rlhf/helpful-base/train.jsonl.gz",
+                             "test": "preference/hh-rlhf/helpful-base/test.jsonl.gz"},
+    "gsm8k": {"train": "eval/gsm8k/train.jsonl", "test": "eval/gsm8k/test.jsonl"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(HUB_SPLITS))
+def test_every_hub_split_has_a_documented_mirror_path(name, fake_mirror):
+    assert registry.splits(name) == list(HUB_SPLITS[name])
+    for split, rel in HUB_SPLITS[name].items():
+        assert registry.expected_files(name, split)[0] == rel
+        assert registry.mirror_file(name, split) is None
+        with pytest.raises(DataError) as err:  # missing: names the full path to put the file at
+            registry.resolve_path(name, split)
+        assert f"put the file at {fake_mirror / rel}" in str(err.value)
+        (fake_mirror / rel).parent.mkdir(parents=True, exist_ok=True)
+        (fake_mirror / rel).write_text("x\n")
+        assert registry.resolve_path(name, split) == fake_mirror / rel  # present: found
+
+
+def test_ptb_and_wikitext_train_files_are_read_when_present(fake_mirror):
+    (fake_mirror / "ptb").mkdir()
+    (fake_mirror / "ptb" / "ptb.valid.txt").write_text(" a b \n c d \n")
+    with pytest.raises(DataError) as err:
+        load_texts("ptb")
+    msg = str(err.value)
+    assert f"put the file at {fake_mirror / 'ptb/ptb.train.txt'}" in msg and "use ptb@validation" in msg
+    (fake_mirror / "ptb" / "ptb.train.txt").write_text(" the cat \n sat down \n")
+    assert load_texts("ptb") == ["the cat", "sat down"]  # one sentence a line
+    (fake_mirror / "wikitext-2").mkdir()
+    (fake_mirror / "wikitext-2" / "train.txt").write_text(" = Title = \n one para \n")
+    assert load_texts("wikitext2") == ["= Title =", "one para"]
+
+
+def test_the_full_file_wins_over_its_documented_slice(fake_mirror):
+    full = fake_mirror / "tinystories" / "TinyStories-train.txt"
+    full.write_text("Tom ran.\n\nMia sang.\n\nBo hid.\n")
+    assert registry.resolve("tinystories").path == full
+    assert load_texts("tinystories") == ["Tom ran.", "Mia sang.", "Bo hid."]
+
+
+def hh_rows():
+    """Two Anthropic-format rows (whole transcripts; only the last assistant turn differs)."""
+    return [
+        {"chosen": "\n\nHuman: What is 2+2?\n\nAssistant: 4.", "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: 5."},
+        {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: name a fruit\n\nAssistant: An apple.",
+         "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: name a fruit\n\nAssistant: A rock."},
+    ]
+
+
+def test_hh_rlhf_never_resolves_to_another_dataset(fake_mirror):
+    """The mirror holds dpo_en_demo.json (once hh-rlhf's substitute) but no hh-rlhf file: an error, not dpo-en."""
+    with pytest.raises(DataError) as err:
+        load_records("hh-rlhf", "preference")
+    assert f"put the file at {fake_mirror / 'preference/hh-rlhf/train.jsonl.gz'}" in str(err.value)
+    for name, ds in registry.DATASETS.items():  # no two names share a mirror file
+        others = {p for n, d in registry.DATASETS.items() if n != name for ps in d.files.values() for p in ps}
+        assert not {p for ps in ds.files.values() for p in ps} & others, name
+
+
+def test_hh_rlhf_mirror_files_gz_and_plain(fake_mirror):
+    folder = fake_mirror / "preference" / "hh-rlhf"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "train.jsonl.gz", "wt", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in hh_rows())
+    (folder / "test.jsonl").write_text(json.dumps(hh_rows()[0]) + "\n")
+    recs = load_records("hh-rlhf", "preference")
+    assert recs == [
+        PreferenceRecord([Message("user", "What is 2+2?")], "4.", "5."),
+        PreferenceRecord([Message("user", "hi"), Message("assistant", "hello"), Message("user", "name a fruit")],
+                         "An apple.", "A rock."),
+    ]
+    assert load_records("hh-rlhf@test", "preference") == recs[:1]
+    with pytest.raises(DataError, match="put the file at .*helpful-base/train.jsonl.gz"):  # a subset is its own name
+        load_records("hh-rlhf/helpful-base", "preference")
+
+
+def test_hh_rlhf_subset_from_the_hub_loads_its_folder(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, config=None, split=None, **kw):
+        calls.append((name, config, split, kw))
+        return hh_rows()[:1]
+
+    monkeypatch.delenv(registry.ENV, raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    assert load_records("hh-rlhf/harmless-base@test", "preference")[0].chosen == "4."
+    assert calls == [("Anthropic/hh-rlhf", None, "test", {"data_dir": "harmless-base"})]
 
 
 # -- storyworld, with a fake generator so the split logic is tested on its own ----------------------------
@@ -151,10 +250,16 @@ real = pytest.mark.skipif(not (REAL_MIRROR / "MANIFEST.md").exists(), reason="sh
 
 
 @real
-def test_every_registered_file_exists_in_the_real_mirror(monkeypatch):
+def test_real_mirror_holds_the_splits_its_manifest_lists(monkeypatch):
+    """Every registered split has a documented path; the development mirror holds exactly these."""
     monkeypatch.setenv(registry.ENV, str(REAL_MIRROR))
-    for name, ds in registry.DATASETS.items():
-        for split in ds.files:
+    held = {name: registry.present_splits(name) for name in registry.DATASETS if not name.startswith("storyworld/")}
+    assert held["ptb"] == held["wikitext2"] == ["validation", "test"]  # no train file (too large to mirror)
+    assert held["openbookqa"] == ["train", "validation"]  # test.tsv is held out
+    assert held["tinystories"] == ["train", "validation"] and held["gsm8k"] == ["train", "test"]
+    assert held["hh-rlhf"] == [] and held["dpo-en"] == ["train"]
+    for name, splits in held.items():
+        for split in splits:
             assert registry.resolve_path(name, split).exists(), (name, split)
 
 

@@ -206,13 +206,14 @@ def read_rows(path: str | Path, *, split: str = "train", text_unit: str = "parag
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?(:[\w.-]+)?$")
 
 
-def read_hub(hub_id: str, split: str) -> Iterator[Row]:
-    """Rows of a hub dataset ('owner/name' or 'owner/name:config') through `datasets.load_dataset`."""
+def read_hub(hub_id: str, split: str, data_dir: str | None = None) -> Iterator[Row]:
+    """Rows of a hub dataset ('owner/name' or 'owner/name:config', optionally one subset folder)."""
     name, _, config = hub_id.partition(":")
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, config or None, split=split)
+        subset = {"data_dir": data_dir} if data_dir else {}
+        ds = datasets.load_dataset(name, config or None, split=split, **subset)
     except Exception as exc:  # offline, unknown id, missing split: all end the same way for the user
         raise DataError(
             f"cannot load hub dataset '{hub_id}' (split {split}): {type(exc).__name__}: {str(exc)[:300]}. "
@@ -278,7 +279,7 @@ def iter_rows(
             return read_storyworld(src.task, split, n, seed), {}, ds.kind
         if src.kind == "mirror":
             return read_rows(src.path, split=split, text_unit=text_unit or ds.text_unit), dict(ds.columns), ds.kind
-        return read_hub(src.hub, split), {}, ds.kind
+        return read_hub(src.hub, split, src.hub_dir), {}, ds.kind
     if text.startswith("storyworld/") or ("/" not in text and not Path(text).suffix):
         registry.get(text)  # raises: unknown name, with the closest one
     if Path(text.removesuffix(".gz")).suffix.lower() in SUFFIXES or text.startswith((".", "/", "~")):

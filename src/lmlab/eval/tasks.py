@@ -235,8 +235,7 @@ def local_file(task: Task, split: str) -> Path | None:
     if root is None:
         return None
     if task.registered:
-        rel = registry.get(task.name).files.get(split)
-        return root / rel if rel and (root / rel).exists() else None
+        return registry.mirror_file(task.name, split) if split in registry.splits(task.name) else None
     for name in SPLIT_FILES.get(split, (split,)):
         for suffix in (".jsonl", ".json"):
             path = root / "eval" / task.name / f"{name}{suffix}"
@@ -250,8 +249,8 @@ def expected_path(task: Task, split: str) -> str:
     if task.registered:
         from lmlab.data import registry
 
-        rel = registry.get(task.name).files.get(split)
-        return f"looked for {rel}" if rel else f"the mirror layout has no {split} file for {task.name}"
+        rels = registry.get(task.name).files.get(split)
+        return f"looked for {' or '.join(rels)}" if rels else f"the mirror layout has no {split} file for {task.name}"
     return f"looked for eval/{task.name}/{'|'.join(SPLIT_FILES.get(split, (split,)))}.jsonl"
 
 
