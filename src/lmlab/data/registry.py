@@ -236,5 +236,5 @@ def where_now(name: str) -> str:
         return ("mirror: " + ", ".join(f"{s}={p.relative_to(root)}" for s, p in found.items())
                 + (f"; not on the mirror: {', '.join(missing)}" if missing else ""))
     if root is not None:
-        return f"mirror missing ({ENV}={root})" + (f"; hub {ds.hub} if unset" if ds.hub else "")
+        return f"not on the mirror: {', '.join(ds.files)}" + (f"; hub {ds.hub} if {ENV} is unset" if ds.hub else "")
     return f"hub: {ds.hub}" if ds.hub else f"needs {ENV}"
