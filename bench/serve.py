@@ -16,6 +16,17 @@ same work, and the served replies are checked to equal the sequential ones (`out
 Headline: `requests_per_s_vs_sequential_32` = requests/s with 32 clients / sequential requests/s.
 The clients share the machine with the server; on a 2-core CPU that costs the server a little.
 Prints one JSON object last.
+
+`mode=load` is the reliability load test instead (docs/reliability.md):
+
+    .venv/bin/python bench/serve.py mode=load [load_clients=64 per_client=10 hidden=64 layers=2]
+
+`load_clients` clients each send `per_client` requests back to back, alternating streaming and
+non-streaming chat completions (sampled, so replies differ in length); every `disconnect_every`-th
+streaming request hangs up after its first chunk. Reported: well-formed requests answered / sent
+(a hang-up counts as answered once its first chunk came), p50/p99 latency of the completed ones,
+the server's RSS after warm-up and after the load, and whether it still answers afterwards (the
+hung-up requests' slots were freed). Loopback only; bounded by count and by `load_timeout_s`.
 """
 from __future__ import annotations
 
@@ -36,7 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, options, table
 
 DEFAULTS = {"clients": "1,8,32", "requests": 64, "max_tokens": 32, "max_batch_size": 32, "batch_wait_ms": 5.0,
-            "hidden": 256, "layers": 4, "vocab_size": 4096, "device": "auto", "threads": 1, "seed": 0}
+            "hidden": 256, "layers": 4, "vocab_size": 4096, "device": "auto", "threads": 1, "seed": 0,
+            "mode": "throughput", "load_clients": 64, "per_client": 10, "disconnect_every": 5, "load_timeout_s": 600}
 TOPICS = ["a cat", "a lost ball", "a rainy day", "two friends", "a trip to the sea", "a brave dog", "a red kite",
           "a quarrel", "a birthday", "the forest", "a small boat", "a big tree", "a new school", "the moon"]
 
@@ -151,8 +163,108 @@ async def load_test(url: str, qs: list[str], clients: int, max_tokens: int) -> d
             "ttft_p95_s": ttft[min(len(ttft) - 1, int(0.95 * len(ttft)))], "latency_mean_s": statistics.mean(latency)}
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` in MB (Linux /proc)."""
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def mixed_load(url: str, clients: int, per_client: int, max_tokens: int, disconnect_every: int,
+                     timeout_s: float) -> dict[str, Any]:
+    """`clients` × `per_client` chat requests, streaming and not, some hung up mid-stream."""
+    import httpx
+
+    latency: list[float] = []
+    counts = {"sent": 0, "answered": 0, "disconnected": 0, "failed": 0}
+    errors: list[str] = []
+
+    async def one(http: httpx.AsyncClient, c: int, k: int) -> None:
+        stream = (c + k) % 2 == 0
+        hang_up = stream and (c * per_client + k) % disconnect_every == 0
+        body = {"model": "bench", "messages": [{"role": "user", "content": questions(c + k + 1)[-1]}],
+                "max_tokens": max_tokens, "temperature": 1.0, "seed": c * 1000 + k, "stream": stream}
+        counts["sent"] += 1
+        t0 = time.perf_counter()
+        try:
+            if not stream:
+                r = await http.post(url + "/v1/chat/completions", json=body)
+                ok = r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None
+            else:
+                ok = False
+                async with http.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                    if r.status_code == 200:
+                        async for line in r.aiter_lines():
+                            if line.startswith("data: ") and hang_up:
+                                counts["disconnected"] += 1
+                                ok = True
+                                break  # leaving the block closes the connection mid-stream
+                            if line == "data: [DONE]":
+                                ok = True
+            if ok and not hang_up:
+                latency.append(time.perf_counter() - t0)
+            counts["answered" if ok else "failed"] += 1
+        except httpx.HTTPError as exc:
+            counts["failed"] += 1
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    async def client(http: httpx.AsyncClient, c: int) -> None:
+        for k in range(per_client):
+            await one(http, c, k)
+
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(client(http, c) for c in range(clients))), timeout_s)
+        seconds = time.perf_counter() - start
+    return {**counts, "seconds": seconds, "latency_p50_s": percentile(latency, 0.5),
+            "latency_p99_s": percentile(latency, 0.99), "errors": errors[:5]}
+
+
+def run_load(opts: dict[str, Any]) -> dict[str, Any]:
+    """The reliability load test against a real `lmlab serve` subprocess on 127.0.0.1."""
+    import httpx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "model"
+        params = build_model(folder, opts)
+        proc, url = start_server(folder, opts)
+        try:
+            asyncio.run(mixed_load(url, 4, 2, opts["max_tokens"], opts["disconnect_every"], 120))  # warm-up
+            rss_before = rss_mb(proc.pid)
+            res = asyncio.run(mixed_load(url, opts["load_clients"], opts["per_client"], opts["max_tokens"],
+                                         opts["disconnect_every"], opts["load_timeout_s"]))
+            time.sleep(1.0)
+            rss_after = rss_mb(proc.pid)
+            after = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+                "model": "bench", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+            health = httpx.get(url + "/health", timeout=10).json()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    print(f"answered {res['answered']}/{res['sent']} ({res['disconnected']} hung up mid-stream), "
+          f"p50 {res['latency_p50_s']:.2f} s, p99 {res['latency_p99_s']:.2f} s, "
+          f"RSS {rss_before:.0f} MB -> {rss_after:.0f} MB", file=sys.stderr)
+    for e in res["errors"]:
+        print("  error:", e, file=sys.stderr)
+    return {"mode": "load", "params": params, "clients": opts["load_clients"], "per_client": opts["per_client"],
+            "max_tokens": opts["max_tokens"], "sent": res["sent"], "answered": res["answered"],
+            "disconnected": res["disconnected"], "failed": res["failed"], "seconds": round(res["seconds"], 2),
+            "latency_p50_s": round(res["latency_p50_s"], 3), "latency_p99_s": round(res["latency_p99_s"], 3),
+            "rss_before_mb": round(rss_before, 1), "rss_after_mb": round(rss_after, 1),
+            "rss_after_vs_before": round(rss_after / rss_before, 3), "largest_batch": health["largest_batch"],
+            "answers_after_load": after.status_code == 200}
+
+
 def main() -> None:
     opts = options(DEFAULTS)
+    if opts["mode"] == "load":
+        emit(run_load(opts))
+        return
     levels = [int(c) for c in str(opts["clients"]).split(",")]
     import torch
 
