@@ -13,10 +13,10 @@ from lmlab.eval.benchmarks import (
     BenchConfig,
     evaluate_choice,
     evaluate_generate,
-    extract_number,
+    extract_answer,
     fewshot_picker,
     loglikelihoods,
-    same_number,
+    same_answer,
     spread_limit,
     summarize,
 )
@@ -133,25 +133,33 @@ def test_limit_spreads_over_subjects(mirror):
     assert spread_limit(arc, 2) == arc[:2]
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("She makes 9 * 2 = $18 every day.\n#### 18", "18"),
-    ("The total is 1,234.", "1234"),
-    ("First 3 apples, then 5 more, so 8.\n\nQuestion: Tom has 40 pears", "8"),
-    ("It costs $-3.50 in the end", "-3.50"),
-    ("no digits here", None),
+# lm-evaluation-harness's gsm8k filters: flexible = the last number-like run, strict = the number after "#### "
+# (changed from lmlab's earlier "#### else the last number before a blank line" so GSM8K equals the harness)
+@pytest.mark.parametrize(("text", "flexible", "strict"), [
+    ("She makes 9 * 2 = $18 every day.\n#### 18", "18", "18"),
+    ("The total is 1,234.", "1,234.", None),
+    ("First 3 apples, then 5 more, so 8.\n\nTom has 40 pears", "40", None),
+    ("It costs $-3.50 in the end", "-3.50", None),
+    ("#### 7 and then 12", "12", "7"),
+    ("no digits here", None, None),
 ])
-def test_gsm8k_answer_extraction(text, expected):
-    assert extract_number(text) == expected
+def test_gsm8k_answer_extraction(text, flexible, strict):
+    assert extract_answer(text) == flexible
+    assert extract_answer(text, strict=True) == strict
 
 
 def test_gsm8k_exact_match_with_a_generator_stub(mirror):
     examples = load_examples(TASKS["gsm8k"], "test")
     answers = iter(["16 - 3 - 4 = 9 eggs, 9 * 2 = 18 dollars. #### 18", "It takes 2 bolts.", "The answer is 70,000"])
     rows = evaluate_generate(examples, lambda i: [], lambda prompts: [next(answers) for _ in prompts])
-    assert [r["pred"] for r in rows] == ["18", "2", "70000"]
+    assert [r["pred"] for r in rows] == ["18", "2", "70,000"]
+    assert [r["pred_strict"] for r in rows] == ["18", None, None]
     assert [r["gold"] for r in rows] == ["18", "3", "70000"]
-    assert summarize(rows, "generate")["acc"] == pytest.approx(2 / 3)
-    assert same_number("18.00", "18") and not same_number(None, "18")
+    summary = summarize(rows, "generate")
+    assert summary["acc"] == pytest.approx(2 / 3) and summary["acc_strict"] == pytest.approx(1 / 3)
+    # the harness's exact match: commas, "$" and a final "." ignored, but "18.00" is not "18"
+    assert same_answer("$18.", "18") and same_answer("1,000", "1000") and not same_answer(None, "18")
+    assert not same_answer("18.00", "18")
 
 
 class LogitLM(torch.nn.Module):
@@ -165,18 +173,21 @@ class LogitLM(torch.nn.Module):
         return SimpleNamespace(logits=self.fn(input_ids))
 
 
-def test_loglikelihood_matches_a_direct_forward(tiny_qwen2_dir):
+@pytest.mark.parametrize("add_bos", ["auto", True])
+def test_loglikelihood_matches_a_direct_forward(tiny_qwen2_dir, add_bos):
+    """auto: no prefix (this tokenizer adds no special token itself, so neither does the harness by
+    default; lmlab used to prefix EOS always); add_bos=true: the BOS (here <|endoftext|>) first."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
-    requests = [("the cat ran to the", " park"), ("tom said ", "happy"), ("a dog", " and a big red ball")]
-    got = loglikelihoods(model, tok, requests, batch_size=2)
+    requests = [("the cat ran to the", " park"), ("tom said ", "happy"), ("a dog\n", "and a big red ball")]
+    got = loglikelihoods(model, tok, requests, batch_size=2, add_bos=add_bos)
     for (ctx, cont), value in zip(requests, got, strict=True):
-        ctx, cont = (ctx[:-1], " " + cont) if ctx.endswith(" ") else (ctx, cont)  # trailing space moves over
+        ctx, cont = ctx.rstrip(), ctx[len(ctx.rstrip()):] + cont  # trailing whitespace moves over
         whole = tok(ctx + cont, add_special_tokens=False)["input_ids"]
         n = len(whole) - len(tok(ctx, add_special_tokens=False)["input_ids"])
-        ids = torch.tensor([[tok.eos_token_id, *whole]])
+        ids = torch.tensor([[tok.bos_token_id, *whole]] if add_bos is True else [whole])
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)  # (T-1, V)
         expected = logp[-n:].gather(-1, ids[0, -n:, None]).sum().item()
@@ -244,22 +255,142 @@ def test_explicit_path_reads_one_task(tmp_path):
     assert math.isclose(summarize(evaluate_choice(examples, lambda i: [], oracle_scorer(examples)), "choice")["acc"], 1.0)
 
 
-def test_gsm8k_runs_greedy_generation_through_lmlab_generate(mirror, tmp_path, tiny_qwen2_dir):
+@pytest.mark.parametrize("chat", ["auto", "false"])
+def test_gsm8k_runs_greedy_generation_through_lmlab_generate(mirror, tmp_path, tiny_qwen2_dir, chat):
+    """The tiny model's tokenizer has a chat template and the folder is no pretraining run, so
+    chat_template=auto prompts through the template (header as system, demos + question as the user
+    turn); false sends the raw text. The outputs must equal lmlab.generate on exactly those prompts."""
     from lmlab.cli import main
+    from lmlab.data.chat import render_prompt
+    from lmlab.eval.benchmarks import GSM8K_STOP
     from lmlab.generate import DecodingConfig, generate
     from lmlab.models.load import load_model
 
     out = tmp_path / "gsm"
     assert main(["eval", "bench", f"model={tiny_qwen2_dir}", "tasks=gsm8k", "limit=2", "shots=1",
-                 "max_new_tokens=8", f"out={out}"]) == 0
+                 "max_new_tokens=8", f"chat_template={chat}", f"out={out}"]) == 0
     rows = [json.loads(line) for line in (out / "predictions-gsm8k.jsonl").read_text().splitlines()]
     metrics = json.loads((out / "metrics.json").read_text())["gsm8k"]
     assert metrics["n"] == 2 and metrics["fewshot_from"] == "train" and metrics["acc_norm"] is None
+    assert metrics["chat_template"] is (chat == "auto") and metrics["bos_prefix"] == "none"
     examples = load_examples(TASKS["gsm8k"], "test")[:2]
     demo = load_examples(TASKS["gsm8k"], "train")[0].demo()
     model, tok = load_model(str(tiny_qwen2_dir), device="cpu")
     prompts = [demo + "\n\n" + ex.contexts[0] for ex in examples]
-    expected = generate(model, tok, prompts, DecodingConfig(max_new_tokens=8, temperature=0, stop=["Question:", "\n\n"]))
+    if chat == "auto":
+        prompts = [render_prompt(tok, p) for p in prompts]
+        assert prompts[0].startswith("<|im_start|>user\n") and prompts[0].endswith("<|im_start|>assistant\n")
+    assert [r["question"] for r in rows] == [p[-300:] for p in prompts]
+    expected = generate(model, tok, prompts, DecodingConfig(max_new_tokens=8, temperature=0, stop=GSM8K_STOP))
     assert [r["output"] for r in rows] == [e[0] for e in expected]
     assert [r["gold"] for r in rows] == ["18", "3"]
     assert metrics["acc"] == sum(r["correct"] for r in rows) / 2
+
+
+def always_first(requests):
+    """A scorer whose choices all tie: the first choice ("A") wins every item."""
+    return [-1.0] * len(requests)
+
+
+def test_a_model_that_always_answers_a_scores_the_majority_baseline_and_is_flagged(mirror):
+    """MMLU fixture golds: anatomy A B A, astronomy A D C: half the answers are A, so answering "A"
+    everywhere scores 0.5, twice chance (0.25), and must be shown as the majority baseline and flagged."""
+    examples = load_examples(TASKS["mmlu"], "test")
+    summary = summarize(evaluate_choice(examples, lambda i: [], always_first), "choice")
+    assert summary["acc"] == summary["majority"] == pytest.approx(0.5) and summary["chance"] == pytest.approx(0.25)
+    assert summary["one_letter"] == "A" and summary["answer_positions"] == {"A": 1.0}
+    assert summary["gold_positions"] == pytest.approx({"A": 0.5, "B": 1 / 6, "C": 1 / 6, "D": 1 / 6})
+    # an oracle spreads its answers like the gold ones and is not flagged
+    oracle = summarize(evaluate_choice(examples, lambda i: [], oracle_scorer(examples)), "choice")
+    assert oracle["one_letter"] is None and oracle["answer_positions"] == oracle["gold_positions"]
+
+
+def fake_run(tmp_path, name, stage, tok, fn, seen=None):
+    """A run folder (marker naming its stage, final/) whose model is a LogitLM stub recording its inputs."""
+    run = tmp_path / name
+    (run / "final").mkdir(parents=True)
+    (run / ".lmlab-run").write_text(stage + "\n")
+
+    def record(ids):
+        if seen is not None:
+            seen.extend(tok.decode(row) for row in ids.tolist())
+        return fn(ids)
+
+    return str(run), LogitLM(record)
+
+
+def test_multi_model_bench_is_one_table_and_one_plot(mirror, tmp_path, tiny_tokenizer_dir, monkeypatch, capsys):
+    """model=a,b: one table (a row per task and metric, the models as columns), one bench.png with a
+    bar group per model, the always-A model flagged; the report shows that same table."""
+    from transformers import AutoTokenizer
+
+    import lmlab.plots
+    from lmlab.cli import main
+    from lmlab.eval import benchmarks
+    from lmlab.report import build_report, read_stage
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+
+    def prefers(text):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+
+        def fn(x):
+            logits = torch.zeros(*x.shape, len(tok))  # (B, T, V)
+            logits[..., ids] = 20.0
+            return logits
+        return fn
+
+    a_spec, a_model = fake_run(tmp_path, "base", "pt", tok, prefers(" A"))
+    b_spec, b_model = fake_run(tmp_path, "sft", "sft", tok, prefers(" B"))
+    models = {a_spec: a_model, b_spec: b_model}
+    monkeypatch.setattr(benchmarks, "load", lambda spec, **kw: (models[spec], tok))
+    charts = []
+    real_bars = lmlab.plots.bars
+    monkeypatch.setattr(lmlab.plots, "bars", lambda table, out, **kw: charts.append(table) or real_bars(table, out, **kw))
+    out = tmp_path / "bench"
+    assert main(["eval", "bench", f"model={a_spec},{b_spec}", "tasks=mmlu,arc_easy", "chat_template=false",
+                 f"out={out}"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"base", "sft"}
+    assert metrics["base"]["mmlu"]["acc"] == pytest.approx(0.5) and metrics["base"]["mmlu"]["one_letter"] == "A"
+    assert metrics["sft"]["mmlu"]["acc"] == pytest.approx(1 / 6) and metrics["sft"]["mmlu"]["one_letter"] == "B"
+    table = [line for line in (out / "table.md").read_text().splitlines() if line.startswith("|")]
+    assert table[0] == "| task | metric | n | chance | majority | base | sft |"
+    assert (out / "table.md").read_text().count("### ") == 1  # one table, not one per model
+    acc = next(line for line in table if line.startswith("| mmlu | acc |"))
+    assert acc == "| mmlu | acc | 6 | 0.25 | 0.5 | 0.5 | 0.1667 |"
+    assert next(line for line in table if "one letter" in line and "mmlu" in line).endswith("| ⚠ all A | ⚠ all B |")
+    assert "warning: base answers A to every mmlu question" in capsys.readouterr().err
+    # one chart; its groups are the models, a bar per task holding that model's acc
+    assert charts == [{m: {t: metrics[m][t]["acc"] for t in ("mmlu", "arc_easy")} for m in ("base", "sft")}]
+    assert (out / "bench.png").stat().st_size > 0
+    blocks = build_report([read_stage(out, "bench")], tmp_path / "report", "r")
+    tables = [b for b in blocks if b.kind == "table"]
+    assert len(tables) == 2  # the overview, then the benchmark table (not one per model)
+    assert tables[1].rows[0] == ["task", "metric", "n", "chance", "majority", "base", "sft"]
+    assert any(b.kind == "img" and b.path.name == "bench.png" for b in blocks)
+
+
+def test_chat_template_auto_follows_the_run_stage(mirror, tmp_path, tiny_tokenizer_dir, monkeypatch):
+    """auto: an SFT run with a template is prompted through it (MMLU's header as the system turn, the
+    choices right after the assistant header, no joining space); a pretraining run of the same
+    tokenizer (lmlab stores ChatML with every tokenizer) gets the plain prompt."""
+    from transformers import AutoTokenizer
+
+    from lmlab.eval import benchmarks
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    flat = lambda ids: torch.zeros(*ids.shape, len(tok))  # noqa: E731
+    seen_sft, seen_pt = [], []
+    sft_spec, sft_model = fake_run(tmp_path, "sft", "sft", tok, flat, seen_sft)
+    pt_spec, pt_model = fake_run(tmp_path, "pt", "pt", tok, flat, seen_pt)
+    models = {sft_spec: sft_model, pt_spec: pt_model}
+    monkeypatch.setattr(benchmarks, "load", lambda spec, **kw: (models[spec], tok))
+    cfg = BenchConfig(model=f"{sft_spec},{pt_spec}", tasks="mmlu", limit=1, batch_size=1)
+    metrics = benchmarks.run(cfg)
+    assert metrics["sft"]["mmlu"]["chat_template"] is True and metrics["pt"]["mmlu"]["chat_template"] is False
+    ex = load_examples(TASKS["mmlu"], "test")[0]
+    chat_text = (f"<|im_start|>system\n{ex.header}<|im_end|>\n<|im_start|>user\n{ex.contexts[0]}<|im_end|>\n"
+                 "<|im_start|>assistant\n")
+    assert sorted(seen_sft) == sorted(chat_text + letter for letter in "ABCD")
+    assert sorted(seen_pt) == sorted(ex.header + ex.contexts[0] + " " + letter for letter in "ABCD")

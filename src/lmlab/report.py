@@ -343,8 +343,23 @@ def markdown_blocks(text: str, max_rows: int) -> list[Block]:
     return blocks
 
 
+def is_bench(data: dict[str, Any]) -> bool:
+    """An `eval bench` metrics.json: {task: {acc, chance, ..}} or {model: {task: {acc, chance, ..}}}."""
+    def task(v: Any) -> bool:
+        return isinstance(v, dict) and "acc" in v and "chance" in v
+
+    return bool(data) and (all(task(v) for v in data.values())
+                           or all(isinstance(v, dict) and v and all(task(t) for t in v.values()) for v in data.values()))
+
+
 def _eval_table(stage: Stage, plots: Path) -> tuple[list[Block], Path | None]:
-    """An eval command's metrics.json: models × metrics tables, then the other values as key/value rows."""
+    """An eval command's metrics.json: models × metrics tables, then the other values as key/value rows.
+
+    A benchmark stage shows its own table.md instead (one table, the models as columns, baselines
+    beside them); its bench.png is among the stage's images.
+    """
+    if is_bench(stage.eval) and (stage.path / "table.md").is_file():
+        return markdown_blocks((stage.path / "table.md").read_text(encoding="utf-8"), max_rows=500), None
     blocks: list[Block] = []
     chart = None
     tables, rest = eval_tables(stage.eval)

@@ -9,7 +9,7 @@ formats follow lm-evaluation-harness so numbers are comparable with its defaults
     hellaswag   "{activity}: {ctx_a} {Ctx_b}" + " {ending}"        (lm-eval's text clean-up)
     boolq       "{passage}\nQuestion: {question}?\nAnswer:" + " no" | " yes"
     winogrande  "{sentence up to _ with option}" + " {rest of sentence}"  (partial scoring)
-    gsm8k       "Question: {question}\nAnswer:" → generated, the last number compared
+    gsm8k       "Question: {question}\nAnswer:" → generated until "Question:", the last number (or the one after ####) compared
 
 Local files are found under `$LMLAB_DATA_DIR` (the registry's layout: eval/mmlu/{test,dev}/,
 eval/openbookqa/{dev,train}.tsv, eval/gsm8k/{test,train}.jsonl, and for the others
@@ -156,8 +156,9 @@ def gsm8k_example(row: dict[str, Any]) -> Example:
 # -- hub rows → published layout ----------------------------------------------------------------
 
 def _hub_arc(row: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(row.get("question"), dict):
-        return row
+    """The hub's flat layout (`question` or `question_stem`, `choices: {text, label}`) → the published one."""
+    if isinstance(row.get("question"), dict) or not isinstance(row.get("choices"), dict):
+        return row  # already published (jsonl) or OpenBookQA's TSV row
     stem = row.get("question_stem", row.get("question"))
     ch = row["choices"]
     return {"question": {"stem": stem, "choices": [{"label": lab, "text": t} for lab, t in zip(ch["label"], ch["text"], strict=True)]},
@@ -212,7 +213,7 @@ def read_mmlu_csv(path: Path) -> Iterator[dict[str, Any]]:
 
 def read_task_file(task: Task, path: Path) -> list[dict[str, Any]]:
     """Raw rows of a local task file (or an MMLU folder of per-subject CSVs)."""
-    if task.name == "mmlu":
+    if task.name == "mmlu" and path.suffix not in (".jsonl", ".json"):
         files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
         if not files:
             raise DataError(f"{path}: no <subject>_<split>.csv files (MMLU layout: eval/mmlu/test/anatomy_test.csv ...)")
@@ -222,7 +223,11 @@ def read_task_file(task: Task, path: Path) -> list[dict[str, Any]]:
     rows = []
     for where, row in read_rows(path):
         row = {k: v for k, v in row.items() if k != "source_file"}
-        rows.append(task.hub_adapt(row) if task.name.startswith("arc") else row)
+        try:
+            rows.append(task.hub_adapt(row))  # a file in the hub's layout reads like the hub
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DataError(f"{where}: not a {task.name} row ({type(exc).__name__}: {exc}); "
+                            f"expected the published or the hub's format, see docs/evaluation.md") from None
         rows[-1]["_where"] = where
     return rows
 
