@@ -113,3 +113,33 @@ def test_classifier_reward_is_the_chosen_labels_logit_or_probability(classifier_
     assert parts[classifier_dir.name] == pytest.approx(expect.softmax(-1)[:, 0].tolist(), abs=1e-5)
     with pytest.raises(ConfigError, match="has labels"):
         load_rewards(str(classifier_dir), label="neutral", device="cpu")
+
+
+def test_train_rm_kind_classifier_learns_labels_and_serves_as_a_reward(tiny_qwen2_dir, tmp_path):
+    """A classifier on (text, label) where the label is whether 'happy' or 'sad' ends the text:
+    held-out accuracy beats the majority class, and as a reward the positive logit ranks a
+    'happy' completion above a 'sad' one."""
+    import csv
+    import random
+
+    from lmlab.cli import COMMANDS, call
+
+    rng = random.Random(0)
+    words = ["the", "cat", "dog", "ran", "park", "ball", "red", "tree"]
+    path = tmp_path / "reviews.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "sentiment"])
+        for i in range(240):
+            good = i % 2 == 0
+            w.writerow([" ".join(rng.choice(words) for _ in range(5)) + (" happy" if good else " sad"),
+                        "positive" if good else "negative"])
+    rm = next(c for c in COMMANDS if c.name == "train rm")  # `lmlab train rm kind=classifier` dispatches to classifier.py
+    res = call(rm, {"model": str(tiny_qwen2_dir), "data": str(path), "kind": "classifier", "out": str(tmp_path / "clf"),
+                    "max_steps": 60, "batch_size": 16, "lr": 3e-3, "max_length": 32, "val_fraction": 0.2,
+                    "log_every": 20, "schedule": "constant"})
+    assert res.metrics["labels"] == ["negative", "positive"]
+    assert res.metrics["eval_accuracy"] >= 0.9 > res.metrics["majority_baseline"] + 0.2
+    _, parts = load_rewards(str(res.path / "final"), label="positive", device="cpu")(["the dog", "the dog"], [" ran happy", " ran sad"])
+    good, bad = parts["final"]
+    assert good > bad

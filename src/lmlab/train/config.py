@@ -203,6 +203,8 @@ class RewardConfig(TrainConfig):
     freeze: FreezeSettings = opt(FreezeSettings, "partial unfreezing (tuning=freeze)")
     template: str = opt("auto", "chat template used to render prompt + response")
     trust_remote_code: bool = opt(False, "allow model code from the hub")
+    kind: Literal["pairwise", "classifier"] = opt("pairwise", "pairwise: Bradley–Terry on preference pairs; classifier: cross-entropy on "
+                                                  "labelled text (data=imdb), an RL reward as a label's logit/probability (train/classifier.py)")
 
 
 STAGE_CONFIGS: dict[str, type[TrainConfig]] = {

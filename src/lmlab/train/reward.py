@@ -128,6 +128,10 @@ def pair_metrics(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str
 
 def run(cfg: RewardConfig, *, resume: bool = False, force: bool = False) -> RunResult:
     """Train a reward model on `cfg.data`; returns the run folder and its final metrics."""
+    if cfg.kind == "classifier":  # labelled text, cross-entropy: train/classifier.py
+        from lmlab.train.classifier import run as run_classifier
+
+        return run_classifier(cfg, resume=resume, force=force)
     from lmlab.models import count_parameters
     from lmlab.train.steps import StepContext, reward_step
     from lmlab.train.trainer import Trainer
