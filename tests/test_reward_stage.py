@@ -158,3 +158,21 @@ def test_checkpoint_choice_and_reported_accuracy_use_different_pairs(tmp_path, t
     assert all(abs(r["accuracy"] * len(selection) - round(r["accuracy"] * len(selection))) < 1e-6 for r in val_rows)
     best = min(val_rows, key=lambda r: r["loss"])
     assert result["selection_accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
+
+
+def test_fresh_reward_head_is_one_line_not_a_load_report(tmp_path, tiny_qwen2_dir, capfd, monkeypatch):
+    from lmlab.config import build
+    from lmlab.train.config import RewardConfig
+    from lmlab.train.reward import ExpectedHeadReport, load_for_rm
+
+    monkeypatch.setenv("LMLAB_QUIET", "0")
+    load_for_rm(build(RewardConfig, {"model": str(tiny_qwen2_dir), "out": str(tmp_path / "x"), "device": "cpu"}))
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "MISSING" not in err
+    assert "reward head score.weight: new and randomly initialised, as expected" in err
+    # any other missing key still gets HF's full report
+    import logging
+
+    other = logging.LogRecord("t", logging.WARNING, "", 0, "X LOAD REPORT from: m\\nKey | Status |\\n"
+                              "model.norm.weight | MISSING |\\nscore.weight | MISSING |\\n", None, None)
+    assert ExpectedHeadReport().filter(other) is True

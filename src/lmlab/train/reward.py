@@ -23,6 +23,8 @@ Setup → train → evaluate, top to bottom:
 """
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,6 +73,32 @@ def load_pairs(cfg: RewardConfig, tokenizer: Any) -> tuple[list[EncodedPair], li
 
 # -- model -------------------------------------------------------------------------------------
 
+class ExpectedHeadReport(logging.Filter):
+    """Holds back transformers' load report when all it says is what turning a causal LM into a
+    reward model must do: a fresh `score` head (MISSING) and an unused `lm_head` (UNEXPECTED).
+
+    That red "score.weight MISSING" table reads like an error; the stage prints one line instead.
+    Any other missing or unexpected key still gets the full report.
+    """
+
+    ROW = re.compile(r"^(\S+)\s*\|\s*([A-Z_]+)\s*\|", re.MULTILINE)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fresh: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = self.ROW.findall(message)
+        expected = bool(rows) and all((status == "MISSING" and key.startswith("score."))
+                                      or (status == "UNEXPECTED" and key.startswith("lm_head.")) for key, status in rows)
+        if expected:
+            self.fresh += [key for key, status in rows if status == "MISSING"]
+        return not expected
+
+
 def load_for_rm(cfg: RewardConfig) -> tuple[Any, Any]:
     """(sequence-classification model with one output, tokenizer) with `cfg.tuning` applied."""
     from lmlab.models import is_architecture
@@ -82,7 +110,15 @@ def load_for_rm(cfg: RewardConfig) -> tuple[Any, Any]:
             f"model={cfg.model}: a reward model starts from a trained language model (a run folder such as "
             "runs/quickstart/sft, a model folder or a hub id), not an untrained architecture"
         )
-    model, tokenizer = load_model(cfg.model, kind="sequence-classification", trust_remote_code=cfg.trust_remote_code)
+    report = ExpectedHeadReport()
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    hf_logger.addFilter(report)
+    try:
+        model, tokenizer = load_model(cfg.model, kind="sequence-classification", trust_remote_code=cfg.trust_remote_code)
+    finally:
+        hf_logger.removeFilter(report)
+    if report.fresh:
+        log(f"reward head {', '.join(report.fresh)}: new and randomly initialised, as expected (this stage trains it)")
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
