@@ -169,3 +169,15 @@ def test_flatten_and_metric_rows():
         {"stage": "x", "source": "train", "step": 1, "metric": "loss", "value": 2.0},
         {"stage": "x", "source": "result", "step": "", "metric": "acc", "value": 1.0},
     ]
+
+
+def test_samples_stage_headlines_its_prompt_and_temperature(tmp_path):
+    root = tmp_path / "run"
+    _stage(root, "gen", config={"model": "runs/x/pt", "prompt": "Once upon", "temperature": 0.8, "top_k": 50,
+                                "top_p": 1.0, "beams": 1},
+           eval_metrics={"prompts": 1, "samples": 3, "tokens_per_s": 120.0},
+           samples=[{"prompt": "Once upon", "sample": 0, "text": "a time"}])
+    report(ReportConfig(run_dir=str(root)))
+    md = (root / "report.md").read_text()
+    assert "| gen |  |  |  | prompt 'Once upon' · temperature 0.8 · top_k 50 |" in md
+    assert "prompts = 1" not in md

@@ -184,6 +184,20 @@ def headline_metric(numbers: dict[str, float]) -> tuple[str, float] | None:
     return next(((k, v) for k, v in numbers.items() if "loss" not in k and k not in ("steps", "step")), None)
 
 
+def samples_headline(config: dict[str, Any]) -> str | None:
+    """A sampling stage (generate) is described by what it was asked and how it decoded:
+    `prompt 'Once upon' · temperature 0.8 · top_k 50`, not by a count such as 'prompts = 1'."""
+    if "temperature" not in config or not (config.get("prompt") or config.get("prompts")):
+        return None
+    what = f"prompts {config['prompts']}" if config.get("prompts") else f"prompt {fmt(config['prompt'])!r}"
+    parts = [what, f"temperature {fmt(config['temperature'])}"]
+    for key in ("top_k", "top_p", "beams", "repetition_penalty"):
+        value = config.get(key)
+        if value not in (None, 0, 1, 1.0):
+            parts.append(f"{key} {fmt(value)}")
+    return " · ".join(parts)
+
+
 def key_settings(config: dict[str, Any]) -> list[tuple[str, str]]:
     flat = flatten(config)
     tuning = flat.get("tuning")
@@ -400,8 +414,10 @@ def build_report(stages: list[Stage], root: Path, title: str, n_samples: int = M
         (_, losses), (_, vals) = loss_series(s.rows)
         steps = max((r.get("step", 0) for r in s.rows), default="")
         headline = headline_metric({**numeric(s.result), **numeric(s.eval)})
-        overview.append([s.name, str(steps), fmt(losses[-1]) if losses else "", fmt(vals[-1]) if vals else "",
-                         f"{headline[0]} = {fmt(headline[1])}" if headline else ""])
+        text = f"{headline[0]} = {fmt(headline[1])}" if headline else ""
+        if not s.trained and s.samples and (headline is None or headline[0].rsplit(".", 1)[-1] not in HEADLINE_KEYS):
+            text = samples_headline(s.config) or text
+        overview.append([s.name, str(steps), fmt(losses[-1]) if losses else "", fmt(vals[-1]) if vals else "", text])
         if losses:
             finals[s.name] = {"train loss": losses[-1], **({"val loss": vals[-1]} if vals else {})}
     blocks += [Block("h2", "Overview"), Block("table", rows=overview)]
