@@ -149,11 +149,22 @@ def _text(value: Any, field: str, kind: str, row: dict[str, Any], where: str) ->
     raise fail(kind, row, where, f"field '{field}' must be text, got {type(value).__name__} {str(value)[:60]!r}")
 
 
+MESSAGE_LISTS = ("messages", "conversations")  # fields that hold a conversation, never a plain string
+
+
+def _not_a_message_list(field: str, value: Any, where: str) -> DataError:
+    return DataError(f"{where}: {field} must be a list of {{role, content}} objects, got {type(value).__name__} "
+                     f"{repr(value)[:60]}")
+
+
 def to_messages(value: Any, field: str, kind: str, row: dict[str, Any], where: str) -> list[Message]:
-    """A message list from [{role, content}] / [{from, value}] items, or a plain string (one user turn)."""
-    if isinstance(value, str):
+    """A message list from [{role, content}] / [{from, value}] items; a plain string is one user turn,
+    except in a `messages` / `conversations` field, which must be a list."""
+    if isinstance(value, str) and field not in MESSAGE_LISTS:
         return [Message("user", value)]
     if not isinstance(value, list):
+        if field in MESSAGE_LISTS:
+            raise _not_a_message_list(field, value, where)
         raise fail(kind, row, where, f"field '{field}' must be text or a list of messages")
     out = []
     for i, item in enumerate(value):
@@ -172,7 +183,10 @@ def to_messages(value: Any, field: str, kind: str, row: dict[str, Any], where: s
                 f"{where}: {field}[{i}] has unknown role '{role}'" + (f"; did you mean '{hint}'?" if hint else "")
                 + f" (known roles: {', '.join(ROLES)})"
             )
-        out.append(Message(mapped, _text(content, f"{field}[{i}].content", kind, row, where)))
+        if not isinstance(content, str):
+            raise DataError(f"{where}: {field}[{i}].content must be text, got {type(content).__name__} "
+                            f"{repr(content)[:60]}")
+        out.append(Message(mapped, content))
     return out
 
 
@@ -183,6 +197,8 @@ def _reply(value: Any, field: str, kind: str, row: dict[str, Any], where: str) -
     """
     if isinstance(value, dict):
         value = [value]
+    if field in MESSAGE_LISTS and not isinstance(value, list):
+        raise _not_a_message_list(field, value, where)
     if isinstance(value, list):
         msgs = to_messages(value, field, kind, row, where)
         if not msgs or msgs[-1].role != "assistant":
@@ -224,10 +240,16 @@ def parse_hh_dialogue(text: str) -> list[Message]:
     return out
 
 
+class DivergentDialogue(DataError):
+    """An hh-rlhf row whose two transcripts differ before their final assistant turn: no shared prompt
+    with two answers exists. A handful of such rows are in the real data; loaders skip and count them."""
+
+
 def split_hh_pair(chosen: str, rejected: str, row: dict[str, Any], where: str) -> PreferenceRecord:
     """Split two whole dialogues at the last '\\n\\nAssistant:' of their common prefix.
 
-    In hh-rlhf both strings repeat the whole conversation; only the final assistant turn differs.
+    In hh-rlhf both strings repeat the whole conversation; only the final assistant turn differs:
+    the common dialogue becomes the prompt (user/assistant messages), the two final turns the answers.
     """
     n = 0
     limit = min(len(chosen), len(rejected))
@@ -239,6 +261,9 @@ def split_hh_pair(chosen: str, rejected: str, row: dict[str, Any], where: str) -
     if cut < 0:
         raise fail("preference", row, where, "chosen and rejected share no '\\n\\nAssistant:' turn to split a prompt off")
     head = cut + len(ASSISTANT)
+    if any(HUMAN in side[head:] or ASSISTANT in side[head:] for side in (chosen, rejected)):
+        raise DivergentDialogue(f"{where}: chosen and rejected differ before their final assistant turn "
+                                "(no shared prompt with two final answers)")
     prompt = parse_hh_dialogue(chosen[:cut])
     return PreferenceRecord(prompt, chosen[head:].strip(), rejected[head:].strip())
 
@@ -252,6 +277,8 @@ def to_text(row: dict[str, Any], where: str) -> TextRecord:
     for kind in ("preference", "feedback", "chat", "labelled"):  # e.g. a tokenizer trained on instructions
         try:
             return TextRecord(record_text(NORMALISERS[kind](row, where)))
+        except DivergentDialogue:  # two whole transcripts: both are text
+            return TextRecord("\n".join([row["chosen"], row["rejected"]]))
         except DataError:
             continue
     raise fail("text", row, where)
@@ -286,9 +313,22 @@ def to_chat(row: dict[str, Any], where: str) -> ChatRecord:
     raise fail("chat", row, where)
 
 
+def _other_kind_hint(row: dict[str, Any], where: str, wanted: str) -> DataError | None:
+    """Labelled text or unpaired feedback given where `wanted` records are read: say what it is and what reads it."""
+    if wanted != "feedback" and "label" in row and ("completion" in row or "messages" in row):
+        return DataError(f"{where}: this row is unpaired feedback (prompt, completion, label: {', '.join(map(str, row))}), "
+                         "not a preference pair; KTO reads it: `lmlab train kto data=…`")
+    text_f = next((f for f in LABELLED_TEXT if f in row), None)
+    label_f = next((f for f in LABELLED_LABEL if f in row), None)
+    if text_f and label_f and not {"prompt", "completion", "chosen", "rejected"} & set(row):
+        return DataError(f"{where}: this row is labelled text ({text_f}, {label_f}), not {wanted} data; a reward "
+                         f"model learns from labels as a classifier: `lmlab train rm kind=classifier data=…`")
+    return None
+
+
 def to_preference(row: dict[str, Any], where: str) -> PreferenceRecord:
     if "chosen" not in row or "rejected" not in row:
-        raise fail("preference", row, where)
+        raise _other_kind_hint(row, where, "preference") or fail("preference", row, where)
     chosen, rejected = row["chosen"], row["rejected"]
     prompt_field = next((f for f in ("prompt", "conversations", "messages") if f in row), None)
     if prompt_field is None:
@@ -312,8 +352,8 @@ def to_preference(row: dict[str, Any], where: str) -> PreferenceRecord:
 
 
 def to_feedback(row: dict[str, Any], where: str) -> FeedbackRecord:
-    if "label" not in row:
-        raise fail("feedback", row, where, "no 'label'")
+    if "label" not in row or ("prompt" not in row and not set(MESSAGE_LISTS) & set(row)):
+        raise _other_kind_hint(row, where, "feedback") or fail("feedback", row, where, "" if "label" in row else "no 'label'")
     label = to_label(row["label"], row, where)
     if "prompt" in row and ("completion" in row or "response" in row):
         field = "completion" if "completion" in row else "response"

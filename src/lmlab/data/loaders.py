@@ -24,7 +24,7 @@ from typing import Any
 
 from lmlab.data import registry
 from lmlab.data.clean import CleanConfig, as_clean_config, clean_record
-from lmlab.data.formats import Record, check_kind, record_text, to_record
+from lmlab.data.formats import DivergentDialogue, Record, check_kind, record_text, to_record
 from lmlab.errors import DataError
 
 SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".tsv", ".parquet")
@@ -340,19 +340,31 @@ def load_records(
     rows, reg_columns, _ = _limited_rows(spec, split=split, text_unit=text_unit, n=n, seed=seed, limit=limit)
     out: list[Record] = []
     seen = dropped = 0
+    divergent: list[str] = []
     for where, row in rows:
         seen += 1
         mapping = {k: v for k, v in reg_columns.items() if v in row}  # the registry's mapping is best-effort
         mapping.update(columns or {})  # the user's is strict: a missing source field is an error
-        record = clean_record(to_record(row, kind, columns=mapping, where=where), cfg)
+        try:
+            record = clean_record(to_record(row, kind, columns=mapping, where=where), cfg)
+        except DivergentDialogue:
+            divergent.append(where)
+            continue
         if record is None:
             dropped += 1
             continue
         out.append(record)
         if limit is not None and len(out) >= limit:
             break
+    if divergent:
+        from lmlab.progress import log
+
+        log(f"{spec} ({split}): skipped {len(divergent)} of {seen} dialogue pairs whose chosen and rejected differ "
+            f"before the final assistant turn (first: {divergent[0]})")
     if not out:
         why = f"all {seen} rows were dropped by the cleaning filters ({_describe(cfg)})" if seen else "it has no rows"
+        if divergent and len(divergent) == seen:
+            why = f"every row's chosen and rejected differ before the final assistant turn (first: {divergent[0]})"
         raise DataError(f"{spec} ({split}): no {kind} records: {why}")
     return out
 
