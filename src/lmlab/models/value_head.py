@@ -82,13 +82,15 @@ def value_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return [p for p in params if id(p) not in head], [p for p in params if id(p) in head]
 
 
-def init_head_from(head: nn.Linear, classifier: nn.Module) -> None:
+def init_head_from(head: nn.Linear, classifier: nn.Module) -> bool:
     """Copy a one-output reward model's score head into the value head when the widths match
-    (Ouyang et al. 2022: the value function starts from the RM)."""
+    (Ouyang et al. 2022: the value function starts from the RM); False when they do not."""
     score = getattr(classifier, "score", None) or getattr(classifier, "classifier", None)
     weight = getattr(score, "weight", None)
-    if weight is not None and weight.shape == head.weight.shape:
-        with torch.no_grad():
-            head.weight.copy_(weight)
-            if getattr(score, "bias", None) is not None:
-                head.bias.copy_(score.bias)
+    if weight is None or weight.shape != head.weight.shape:
+        return False
+    with torch.no_grad():
+        head.weight.copy_(weight.to(head.weight.dtype))
+        if getattr(score, "bias", None) is not None:
+            head.bias.copy_(score.bias.to(head.bias.dtype))
+    return True

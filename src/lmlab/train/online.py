@@ -187,6 +187,17 @@ def _penalties(cfg: OnlineRLConfig) -> Any:
         length=cfg.length_penalty, target_length=cfg.target_length)
 
 
+def _evaluate_before(trainer: Any, evaluator: Any, path: Any) -> dict[str, float]:
+    """The evaluator's numbers for the starting policy (kept in the run folder, so a resumed run reports them too)."""
+    import json
+
+    if path.exists():
+        return json.loads(path.read_text())
+    metrics = evaluator(trainer)
+    path.write_text(json.dumps(metrics))
+    return metrics
+
+
 def run_online(stage: str, cfg: OnlineRLConfig, *, resume: bool = False, force: bool = False) -> RunResult:
     """Set up and train one online-RL stage (see the module docstring)."""
     from lmlab.models import count_parameters
@@ -221,6 +232,13 @@ def run_online(stage: str, cfg: OnlineRLConfig, *, resume: bool = False, force: 
 
         model = PolicyWithValue(policy)
         value_lr = cfg.value_lr  # type: ignore[attr-defined]
+        from lmlab.models.value_head import init_head_from
+        from lmlab.train.rewards import ModelReward
+
+        for r in rewards.rewards:  # the critic starts from the RM's head when widths match (Ouyang et al. 2022)
+            if isinstance(r.fn, ModelReward) and r.fn.num_labels == 1 and init_head_from(model.value_head, r.fn.model):
+                log(f"ppo: value head initialised from the reward model {r.name}")
+                break
 
         def groups(m: nn.Module) -> list[dict[str, Any]]:
             pol, val = value_parameters(m)
@@ -250,12 +268,13 @@ def run_online(stage: str, cfg: OnlineRLConfig, *, resume: bool = False, force: 
         f"({plan.rollout_batch // plan.num_generations} prompts × {plan.num_generations}), {plan.micro_per_round} micro-batches per round")
     trainer = Trainer(model, step, source, cfg, rundir, tokenizer=tokenizer, companions=companions,
                       param_groups=groups, evaluator=evaluator)
+    before = _evaluate_before(trainer, evaluator, rundir.path / "eval_before.json") if evaluator else {}
     result = trainer.fit(resume=resume)
     vals = [r for r in rundir.metrics() if r.get("split") == "val"]
     if vals:
         for key in ("reward", "gold"):
-            if key in vals[0]:
-                result[f"eval_{key}_first"], result[f"eval_{key}_last"] = vals[0][key], vals[-1][key]
+            if key in vals[-1]:
+                result[f"eval_{key}_before"], result[f"eval_{key}_after"] = before.get(key), vals[-1][key]
     result.update({"trainable_params": trainable, "total_params": total, "prompts": len(items),
                    "rollouts_per_round": plan.rollout_batch, "rewards": rewards.names})
     rundir.finish(result)
