@@ -197,8 +197,15 @@ def test_split_tiny_set_still_gets_one_val_record():
 
 
 def test_unit_hash_is_stable_across_processes():
-    # a fixed value: blake2b is not salted per process like hash()
-    assert unit_hash("hello", 0) == pytest.approx(unit_hash("hello", 0))
+    # fixed values: the first 8 bytes of blake2b("SEED\0TEXT"), big-endian, over 2**64 (pinned, so a
+    # changed hash — which would reshuffle every train/val split — fails here); hash() would be salted
+    assert unit_hash("hello", 0) == 0x6614775596AD16EB / 2**64
+    assert unit_hash("hello", 3) == 0x0CC1F099196A18D4 / 2**64
+    # a dict hashes as its sorted-key JSON text, so key order does not matter
+    import hashlib
+
+    digest = hashlib.blake2b('0\x00{"a": 2, "b": "é"}'.encode(), digest_size=8).digest()
+    assert unit_hash({"b": "é", "a": 2}) == unit_hash({"a": 2, "b": "é"}) == int.from_bytes(digest, "big") / 2**64
     import subprocess
     import sys
 
