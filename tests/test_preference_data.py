@@ -3,7 +3,6 @@ file, line, field and the fix (a `columns=` mapping, or the command that reads t
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 
 import pytest
@@ -11,18 +10,13 @@ import pytest
 from lmlab.data.formats import FeedbackRecord, Message, PreferenceRecord, to_record
 from lmlab.data.loaders import load_records, load_texts
 from lmlab.errors import DataError
+from test_data_loaders import write
 
 U, A = "user", "assistant"
 
 
 def write_jsonl(path, rows, gz=False):
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    if gz:
-        with gzip.open(path, "wt", encoding="utf-8") as fh:
-            fh.write(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
+    return write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), gz)
 
 
 # -- the layouts ------------------------------------------------------------------------------------
