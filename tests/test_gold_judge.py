@@ -28,7 +28,10 @@ def test_good_response_meets_everything():
     r = judge(PROMPT, GOOD)
     assert r.constraints == {"name": True, "kind": True, "place": True, "object": True, "ending": True}
     assert r.constraint_rate == 1.0 and r.happy is True and r.repetition == 0.0
-    assert r.reward > 0.95 and r.task == "write"
+    # by hand: 7 sentences of 3..30 words (sentence_ok 1), ends with "." (complete 1), ≥ 3 sentences
+    # (length 1), every word a storyworld word (vocab 1), no 3-gram twice, few 3-grams of the prompt
+    # → fluency 1, quality 1, all 5 constraints → reward 1 · (0.25 + 0.75) = 1
+    assert r.fluency == 1.0 and r.echo < 0.5 and r.reward == pytest.approx(1.0) and r.task == "write"
 
 
 @pytest.mark.parametrize("bad, failed", [
@@ -43,8 +46,10 @@ def test_each_broken_constraint_costs_reward(bad, failed):
     assert r.constraints[failed] is False
     assert sum(r.constraints.values()) == 4 and r.constraint_rate == pytest.approx(0.8)
     assert r.reward < good.reward
-    # a single miss leaves 0.25 + 0.75 * 0.8 = 0.85 of the quality
-    assert r.reward == pytest.approx(0.85 * r.fluency * (1 - r.repetition))
+    # the edit keeps every sentence well-formed and every word in the vocabulary (fluency 1, no
+    # repetition), so by hand a single miss leaves 0.25 + 0.75 · 4/5 = 0.85
+    assert r.fluency == 1.0 and r.repetition == 0.0
+    assert r.reward == pytest.approx(0.85)
 
 
 def test_sad_ending_is_read_as_sad():
@@ -91,9 +96,14 @@ def test_repetition_helper():
 
 
 def test_free_prompt_scores_fluency_and_repetition_only():
-    r = judge("What do you think about that?", "The sun was warm and the sky was big.")
+    """"The sun was warm and the sky was zorp." — 9 words, 8 storyworld words ("zorp" is not), 7
+    distinct 3-grams: fluency = vocab share = 8/9, repetition 0, nothing asked → reward 8/9."""
+    r = judge("What do you think about that?", "The sun was warm and the sky was zorp.")
     assert r.task == "free" and r.constraints == {} and r.constraint_rate == 1.0
-    assert r.reward == pytest.approx(r.fluency * (1 - r.repetition))
+    assert r.repetition == 0.0 and r.reward == pytest.approx(8 / 9)
+    # a 3-gram said twice: "the sky was big and the sky was blue" — 9 words, 7 trigrams, 6 distinct
+    r = judge("What do you think about that?", "The sky was big and the sky was blue.")
+    assert r.repetition == pytest.approx(1 / 7) and r.reward == pytest.approx(6 / 7)
     assert judge("What do you think?", "zzq xqv wpt").reward < r.reward
 
 
