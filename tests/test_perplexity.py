@@ -275,3 +275,31 @@ def test_run_folder_windows_default_to_the_training_length(tmp_path, tiny_qwen2_
     assert metrics["run"]["max_length"] == 8 and metrics["run"]["stride"] == 4
     assert evaluate("ppl", model=str(run / "final"), data=str(tmp_path / "t.txt"))["run"]["max_length"] == 8
     assert evaluate("ppl", model=str(run), data=str(tmp_path / "t.txt"), max_length=16)["run"]["max_length"] == 16
+
+
+def test_one_sentence_a_line_and_dropped_headings(tmp_path, tiny_qwen2_dir, capsys, monkeypatch):
+    """text_unit=line makes each line a row; clean={drop_headings: true} removes WikiText '= Title =' lines."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lmlab.api import evaluate
+    from lmlab.errors import ConfigError
+
+    lines = ["the cat ran to the park.", "mia found a red ball.", "then he saw a big tree."]
+    path = tmp_path / "wiki.txt"
+    path.write_text(" = Animals = \n" + "\n".join(lines[:2]) + "\n = = Trees = = \n" + lines[2] + "\n")
+    monkeypatch.setenv("LMLAB_QUIET", "0")
+    whole = next(iter(evaluate("ppl", model=str(tiny_qwen2_dir), data=str(path)).values()))
+    assert whole["texts"] == 1  # no blank lines: the whole file is one paragraph (and a hint says so)
+    assert "text_unit=line scores each line" in " ".join(capsys.readouterr().err.split())
+    per_line = next(iter(evaluate("ppl", model=str(tiny_qwen2_dir), data=str(path), text_unit="line").values()))
+    assert per_line["texts"] == 5
+    clean = next(iter(evaluate("ppl", model=str(tiny_qwen2_dir), data=str(path), text_unit="line",
+                               clean={"drop_headings": True}).values()))
+    assert clean["texts"] == 3
+    # each row is that sentence scored alone
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
+    alone = score_texts(model, tok, lines, max_length=256, stride=128)
+    assert [r["ppl"] for r in clean["per_text"]] == pytest.approx([s.ppl for s in alone], rel=1e-4)
+    with pytest.raises(ConfigError, match="drop_heading"):
+        evaluate("ppl", model=str(tiny_qwen2_dir), data=str(path), clean={"drop_heading": True})

@@ -14,6 +14,8 @@ from typing import Any
 from lmlab.config import opt
 
 _SPACES = re.compile(r"[ \t\u00a0\u3000]+")
+# WikiText section headings: " = Title = ", " = = Section = = " on a line of their own.
+_HEADING = re.compile(r"^[ \t]*(=(?:[ \t]*=)*)[ \t]+\S.*?[ \t]+\1[ \t]*$", re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n\s*\n+")
 
 
@@ -21,6 +23,7 @@ _BLANK_LINES = re.compile(r"\n\s*\n+")
 class CleanConfig:
     """Cleaning steps, in the order they run; filters apply to the cleaned text."""
 
+    drop_headings: bool = opt(False, "remove WikiText-style heading lines ('= Title =', '= = Section = ='); a text that was only a heading is then empty")
     strip_newlines: bool = opt(False, "replace newlines inside a text by spaces (one-line documents)")
     fullwidth_spaces: bool = opt(True, "turn U+3000 ideographic spaces into ASCII spaces (common in Chinese corpora)")
     normalize_whitespace: bool = opt(False, "collapse runs of spaces/tabs to one space, runs of blank lines to one, strip ends")
@@ -48,6 +51,8 @@ def as_clean_config(value: CleanConfig | dict[str, Any] | None) -> CleanConfig:
 
 
 def clean_text(text: str, cfg: CleanConfig) -> str:
+    if cfg.drop_headings:
+        text = _HEADING.sub("", text)
     if cfg.fullwidth_spaces:
         text = text.replace("\u3000", " ")
     if cfg.strip_newlines:

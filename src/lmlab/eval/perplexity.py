@@ -39,6 +39,8 @@ class PerplexityConfig:
     split: str = opt("test", "split of named sets without @SPLIT (train, validation, test)")
     limit: int | None = opt(None, "score only the first N texts of each set")
     columns: dict[str, str] = opt({}, "column mapping for tabular data, e.g. {text: story}")
+    text_unit: str | None = opt(None, "how .txt files split into texts: paragraph (blank-line separated), line (one sentence a line = one row each) or file; default: the set's own (paragraph for files)")
+    clean: dict[str, Any] = opt({}, "cleaning before scoring (data/clean.py), e.g. {drop_headings: true} for WikiText's '= Title =' lines, {min_chars: 20}")
     max_length: int | None = opt(None, "tokens per window; default min(model context, 1024, the run's training max_length)")
     stride: int | None = opt(None, "new tokens scored per window for long texts (< max_length); default max_length/2. Smaller = more context per token, slower")
     batch_size: int = opt(4, "windows per forward pass")
@@ -51,7 +53,19 @@ class PerplexityConfig:
     trust_remote_code: bool = opt(False, "allow model code from the hub")
 
     def validate(self) -> list[str]:
+        from lmlab.data.loaders import TEXT_UNITS
+
         problems = []
+        if self.text_unit is not None and self.text_unit not in TEXT_UNITS:
+            problems.append(f"text_unit must be one of {', '.join(TEXT_UNITS)}, got '{self.text_unit}'")
+        if self.clean:
+            from lmlab.data.clean import as_clean_config
+            from lmlab.errors import ConfigError
+
+            try:
+                as_clean_config(self.clean)
+            except ConfigError as exc:
+                problems.append(str(exc))
         if not split_list(self.model):
             problems.append("model is empty; give one or more models, e.g. model=runs/quickstart/pt")
         if not split_list(self.data):
@@ -253,14 +267,19 @@ def _load_sets(cfg: PerplexityConfig, kind: str) -> dict[str, list[Any]]:
     for item in split_list(cfg.data):
         spec, split = split_spec(item, cfg.split)
         if kind == "seq2seq":
-            records = load_records(spec, "chat", columns=cfg.columns or None, split=split, limit=cfg.limit)
+            records = load_records(spec, "chat", columns=cfg.columns or None, split=split, limit=cfg.limit,
+                                   clean=cfg.clean or None, text_unit=cfg.text_unit)
             pairs = []
             for rec in records:
                 prompt = "\n".join(m.content for m in rec.messages[:-1] if m.role != "system")
                 pairs.append((prompt, rec.messages[-1].content))
             sets[_set_name(spec)] = pairs
         else:
-            texts = [t for t in load_texts(spec, columns=cfg.columns or None, split=split, limit=cfg.limit) if t.strip()]
+            texts = [t for t in load_texts(spec, columns=cfg.columns or None, split=split, limit=cfg.limit,
+                                           clean=cfg.clean or None, text_unit=cfg.text_unit) if t.strip()]
+            if len(texts) == 1 and texts[0].count("\n") >= 3 and not cfg.concat and cfg.text_unit is None:
+                log(f"{spec}: read as ONE text of {texts[0].count(chr(10)) + 1} lines (no blank lines between "
+                    "paragraphs); text_unit=line scores each line as its own text (one row each)")
             sets[_set_name(spec)] = ["\n".join(texts)] if cfg.concat else texts
     return sets
 
