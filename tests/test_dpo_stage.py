@@ -272,3 +272,26 @@ def test_dpo_learns_the_preference_on_held_out_pairs(tmp_path, tiny_qwen2_dir):
     val = [r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "val"]
     assert val[-1]["reward_accuracy"] >= 0.9
     assert val[-1]["loss"] < 0.5 * math.log(2)
+
+
+@pytest.mark.slow
+def test_align_storyworld_recipe_smoke(tmp_path):
+    """The whole recipe (tokenizer → pt → SFT → RM → DPO/IPO/KTO/SimPO/ORPO → compare → report) at
+    scale=smoke: every preference stage starts at its step-0 value from the one SFT model, and the
+    comparison holds all six models under both judges. ~20 s of CPU."""
+    from lmlab.recipes import RunConfig, run_recipe
+
+    out = tmp_path / "align"
+    stages = ["tokenizer", "pt", "sft", "rm", "dpo", "ipo", "kto", "simpo", "orpo", "compare"]  # the report is tested elsewhere
+    run_recipe(RunConfig(recipe="recipes/align-storyworld.yaml", scale="smoke", out=str(out), only=stages))
+    first = {s: read_jsonl(out / s / "metrics.jsonl")[0] for s in ("dpo", "ipo", "kto")}
+    assert first["dpo"]["loss"] == pytest.approx(math.log(2), abs=1e-6) and first["dpo"]["step"] == 1
+    assert first["ipo"]["loss"] == pytest.approx(1 / (4 * 0.5**2), abs=1e-5)
+    assert first["kto"]["loss"] == pytest.approx(0.5, abs=1e-6)
+    for stage in ("dpo", "ipo", "kto", "simpo", "orpo"):
+        result = json.loads((out / stage / "result.json").read_text())
+        assert result["stage"] == ("dpo" if stage == "ipo" else stage)
+        assert 0.0 <= result["gold_mean"] <= 1.0 and result["heldout_prompts"] == 2
+        assert ("kl_ref" in result) == (stage in ("dpo", "ipo", "kto"))
+    metrics = json.loads((out / "compare" / "metrics.json").read_text())
+    assert set(metrics["judges"]) == {"gold", "rm"} and len(metrics["text"]) == 6
