@@ -135,3 +135,23 @@ def test_message_list_fields_are_checked_for_every_kind():
         to_record({"conversations": "hello", "chosen": "a", "rejected": "b"}, "preference", where="f:3")
     # a prompt may still be plain text (one user turn)
     assert to_record({"prompt": "hello", "completion": "a", "label": 1}, "feedback").prompt == [Message(U, "hello")]
+
+
+def test_identical_pairs_are_dropped_and_counted(tiny_tokenizer_dir, monkeypatch):
+    """Three pairs: one identical, one identical only after left truncation to the last 4 tokens
+    (the replies differ in their first word only), one different: one pair is kept, two reported."""
+    from transformers import AutoTokenizer
+
+    import lmlab.progress
+    from lmlab.data.preference import encode_pairs, encode_response
+
+    said = []
+    monkeypatch.setattr(lmlab.progress, "log", said.append)
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    recs = [PreferenceRecord([Message(U, "hi")], "the cat", "the cat"),
+            PreferenceRecord([Message(U, "hi")], "cat the dog ran to the park", "dog the dog ran to the park"),
+            PreferenceRecord([Message(U, "hi")], "the cat", "the dog")]
+    assert encode_response(tok, recs[1].prompt, recs[1].chosen, 4) == encode_response(tok, recs[1].prompt, recs[1].rejected, 4)
+    pairs = encode_pairs(tok, recs, 4, "auto", "prefs.jsonl")
+    assert [p.chosen for p in pairs] == [encode_response(tok, recs[2].prompt, "the cat", 4)]
+    assert said == ["prefs.jsonl: dropped 2 of 3 pairs whose chosen and rejected tokens are identical (within max_length=4)"]

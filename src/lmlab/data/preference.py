@@ -80,6 +80,11 @@ def encode_pairs(tokenizer: Any, records: Sequence[Any], max_length: int, templa
         r = encode_response(tokenizer, rec.prompt, rec.rejected, max_length, template)
         if c != r:
             pairs.append(EncodedPair(c, r))
+    if len(pairs) < len(records):
+        from lmlab.progress import log
+
+        log(f"{source}: dropped {len(records) - len(pairs)} of {len(records)} pairs whose chosen and rejected "
+            f"tokens are identical (within max_length={max_length})")
     if not pairs:
         raise DataError(f"{source}: no preference pair with different chosen and rejected tokens "
                         f"(within max_length={max_length}); check the data's chosen/rejected columns")
