@@ -220,6 +220,7 @@ def resolve_path(name: str, split: str = "train") -> Path:
             f"dataset '{name}' has no {split} split on the mirror {ENV}={root}: {_put_where(root, rels)}"
             + (f"; splits on this mirror: {', '.join(present)} (use {name}@{present[0]})" if present else "")
             + f". Or set {ENV}=<path to a mirror> that has it"
+            + (f", or unset {ENV} to read the hub copy {ds.hub}" if ds.hub else "")
         )
     return path
 
