@@ -162,7 +162,7 @@ def test_hh_rlhf_mirror_files_gz_and_plain(fake_mirror):
                          "An apple.", "A rock."),
     ]
     assert load_records("hh-rlhf@test", "preference") == recs[:1]
-    with pytest.raises(DataError, match="put the file at .*helpful-base/train.jsonl.gz"):  # a subset is its own name
+    with pytest.raises(DataError, match=r"put the file at .*helpful-base/train\.jsonl\.gz"):  # a subset is its own name
         load_records("hh-rlhf/helpful-base", "preference")
 
 
