@@ -56,7 +56,7 @@ def test_reward_model_learns_toy_preference(tmp_path, tiny_qwen2_dir):
 
     from lmlab.config import build
     from lmlab.train.config import RewardConfig
-    from lmlab.train.reward import load_pairs, pair_rewards, run
+    from lmlab.train.reward import load_pairs, run
 
     train_file = _pairs_file(tmp_path / "prefs.jsonl", 96, seed=1)
     val_file = _pairs_file(tmp_path / "val.jsonl", 24, seed=2)
@@ -88,9 +88,25 @@ def test_reward_model_learns_toy_preference(tmp_path, tiny_qwen2_dir):
     # the reported accuracy is on pairs that played no part in choosing the checkpoint
     assert not {tuple(p.chosen) for p in selection} & {tuple(p.chosen) for p in test}
     assert len(test) == result["test_pairs"] == result["eval_pairs"]
-    chosen, rejected = pair_rewards(loaded, test, tok.pad_token_id, 8)
-    assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) == len(test)
-    assert sum(c - r for c, r in zip(chosen, rejected, strict=True)) / len(test) == pytest.approx(result["eval_margin"], abs=1e-4)
+    # the oracle: each test pair rendered by the tokenizer's own chat template from the raw file, scored
+    # alone (no padding, no batching: the score of the last token), and the margins averaged by hand
+    test_texts = {tok.decode(p.chosen) for p in test}
+    margins = []
+    for line in val_file.read_text().splitlines():
+        row = json.loads(line)
+        texts = [tok.apply_chat_template([{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": reply}],
+                                         tokenize=False) for reply in (row["chosen"], row["rejected"])]
+        if texts[0] not in test_texts:
+            continue
+        rewards = []
+        for text in texts:
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+            assert len(ids) <= cfg.max_length  # nothing truncated
+            with torch.no_grad():
+                rewards.append(float(loaded(input_ids=torch.tensor([ids])).logits[0, 0]))
+        margins.append(rewards[0] - rewards[1])
+    assert len(margins) == len(test) and min(margins) > 0  # every test pair ordered right: accuracy 1
+    assert sum(margins) / len(margins) == pytest.approx(result["eval_margin"], abs=1e-4)
 
 
 def test_untrained_architecture_is_refused(tmp_path):
