@@ -153,6 +153,11 @@ def test_generate_command_writes_samples(tiny_qwen2_dir, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["samples"] == 2 and 0 < metrics["new_tokens"] <= 10
     assert rows[0]["text"] in capsys.readouterr().out
+    # the report headlines a sampling stage by its prompt and decoding, read from config.yaml
+    from lmlab.report import ReportConfig, report
+
+    report(ReportConfig(run_dir=str(out)))
+    assert "prompt 'the cat, the dog' · temperature 0.7" in (out / "report.md").read_text()
 
 
 def test_prompt_files_and_their_errors(tmp_path):

@@ -181,3 +181,14 @@ def test_samples_stage_headlines_its_prompt_and_temperature(tmp_path):
     md = (root / "report.md").read_text()
     assert "| gen |  |  |  | prompt 'Once upon' · temperature 0.8 · top_k 50 |" in md
     assert "prompts = 1" not in md
+
+
+def test_ppl_stage_shows_its_per_sentence_table(tmp_path):
+    root = tmp_path / "run"
+    stage = _stage(root, "per_sentence", config={}, eval_metrics={
+        "rnn": {"ppl": 400.0, "per_text": [{"ppl": 350.9}]}, "lstm": {"ppl": 300.0, "per_text": [{"ppl": 316.9}]}})
+    (stage / "table.md").write_text("### Perplexity (other-domains)\n\n| text | rnn ppl | lstm ppl |\n|---|---|---|\n"
+                                    "| the central bank raised rates | 350.9 | 316.9 |\n| mean of per-text ppl | 350.9 | 316.9 |\n")
+    report(ReportConfig(run_dir=str(root)))
+    md = (root / "report.md").read_text()
+    assert "| the central bank raised rates | 350.9 | 316.9 |" in md and "| mean of per-text ppl | 350.9 | 316.9 |" in md

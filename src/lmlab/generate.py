@@ -290,9 +290,13 @@ def run_generate(cfg: GenerateConfig) -> dict[str, Any]:
         "mean_chars": sum(len(r["text"]) for r in rows) / max(len(rows), 1),
     }
     if cfg.out:
+        import dataclasses
         import json
 
+        from lmlab.runs import atomic_write_yaml
+
         out = Path(cfg.out)
+        atomic_write_yaml(out / "config.yaml", dataclasses.asdict(cfg))  # the report headlines prompt + decoding from it
         atomic_write_text(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         atomic_write_json(out / "metrics.json", metrics)
     return {"samples": rows, "metrics": metrics}

@@ -372,7 +372,9 @@ def _eval_table(stage: Stage, plots: Path) -> tuple[list[Block], Path | None]:
     A benchmark stage shows its own table.md instead (one table, the models as columns, baselines
     beside them); its bench.png is among the stage's images.
     """
-    if is_bench(stage.eval) and (stage.path / "table.md").is_file():
+    # eval ppl (every model has per_text rows) also shows the table it printed: per sentence or per set
+    is_ppl = bool(stage.eval) and all(isinstance(v, dict) and "per_text" in v for v in stage.eval.values())
+    if (is_bench(stage.eval) or is_ppl) and (stage.path / "table.md").is_file():
         return markdown_blocks((stage.path / "table.md").read_text(encoding="utf-8"), max_rows=500), None
     blocks: list[Block] = []
     chart = None
