@@ -87,6 +87,49 @@ def test_markers_and_incremental_paths_agree_on_builtin_templates(tok):
         assert a.labels == b.labels, template
 
 
+def trained_spans(tok, ex) -> list[str]:
+    """The decoded runs of consecutive trained (label != IGNORE_INDEX) tokens."""
+    spans, cur = [], []
+    for x in [*ex.labels, IGNORE_INDEX]:
+        if x != IGNORE_INDEX:
+            cur.append(x)
+        elif cur:
+            spans.append(tok.decode(cur))
+            cur = []
+    return spans
+
+
+@pytest.fixture(scope="module")
+def llama_tok(tiny_tokenizer_dir):
+    """The tiny tokenizer with Llama 3's header and end-of-turn specials (as the real one has them)."""
+    t = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    t.add_special_tokens({"additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]})
+    return t
+
+
+# what closes an assistant turn in each template, written from the template's published layout
+TURN_END = {"chatml": "<|im_end|>", "qwen": "<|im_end|>", "alpaca": "<|endoftext|>", "llama3": "<|eot_id|>"}
+
+
+@pytest.mark.parametrize("path", ["markers", "incremental"])
+@pytest.mark.parametrize("template", list(TURN_END))
+def test_builtin_templates_equal_transformers_apply_chat_template(tok, llama_tok, template, path):
+    """The oracle is transformers' own renderer: the encoded ids are the tokenization of the text
+    `apply_chat_template` renders, and the trained tokens are exactly each reply + its turn end."""
+    from lmlab.templates import CHAT_TEMPLATES
+
+    t = llama_tok if template == "llama3" else tok
+    text = t.apply_chat_template(MULTI, chat_template=CHAT_TEMPLATES[template], tokenize=False)
+    ex = encode_chat(t, MULTI, template=template, path=path)
+    assert ex.input_ids == t(text, add_special_tokens=False)["input_ids"]
+    assert trained_spans(t, ex) == [f"the dog said{TURN_END[template]}", f"mia went{TURN_END[template]}"]
+    if template == "qwen":  # the default system prompt only when the conversation has none
+        assert text.count("You are a helpful assistant.") == 0
+        bare = t.apply_chat_template(MULTI[1:], chat_template=CHAT_TEMPLATES[template], tokenize=False)
+        assert bare.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+        assert encode_chat(t, MULTI[1:], template=template, path=path).input_ids == t(bare, add_special_tokens=False)["input_ids"]
+
+
 def test_template_without_markers_uses_incremental_and_appends_eos(tok):
     # A plain template with no {% generation %} and no end-of-turn token: the reply must still
     # be found, and eos appended (and learned) so the model learns to stop.
