@@ -170,6 +170,41 @@ def test_grpo_raises_a_trivial_reward(tiny_qwen2_dir, prompts_file, tmp_path):
     res = run_grpo(_grpo(tiny_qwen2_dir, prompts_file, tmp_path / "rise", max_steps=40, batch_size=8, rollout_batch=16,
                          eval_prompts=8, eval_every=10, log_every=5, lr=1e-2, max_new_tokens=8))
     first, last = res.metrics["eval_reward_before"], res.metrics["eval_reward_after"]
-    rounds = {json.loads(line)["round"] for line in (res.path / "rollouts.jsonl").read_text().splitlines()}
+    rounds = {json.loads(line)["round"] for line in (res.path / "rollouts.jsonl").read_text().split("\n") if line}
     assert rounds == set(range(20))  # 40 steps, 2 per round, every round's samples logged
     assert last > first + 0.05, (first, last)
+
+
+@pytest.mark.slow
+def test_ppo_sentiment_recipe_smoke(tmp_path):
+    """recipes/ppo-sentiment.yaml at scale=smoke on an IMDB-shaped CSV: tokenizer → pt → classifier
+    → PPO run end to end; the PPO stage reports the classifier reward before and after and logs
+    KL, value loss and rollouts."""
+    import csv
+    import random
+    from pathlib import Path
+
+    from lmlab.recipes import RunConfig, run_recipe
+
+    rng = random.Random(0)
+    words = ["the", "film", "was", "a", "story", "actor", "plot", "scene", "with", "and", "this", "movie"]
+    data = tmp_path / "reviews.csv"
+    with open(data, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["review", "sentiment"])
+        for i in range(200):
+            good = i % 2 == 0
+            text = " ".join(rng.choice(words) for _ in range(20)) + (" great fun, loved it." if good else " boring, awful.")
+            w.writerow([text, "positive" if good else "negative"])
+    recipe = Path(__file__).parent.parent / "recipes" / "ppo-sentiment.yaml"
+    overrides = {stage: {"data": str(data)} for stage in ("tokenizer", "pt", "rm", "ppo")}
+    run_recipe(RunConfig(recipe=str(recipe), scale="smoke", out=str(tmp_path / "run"), overrides=overrides))
+    ppo = tmp_path / "run" / "ppo"
+    result = json.loads((ppo / "result.json").read_text())
+    assert result["steps"] == 4 and result["rewards"] == ["rm"]
+    assert isinstance(result["eval_reward_before"], float) and isinstance(result["eval_reward_after"], float)
+    rows = _train_rows(ppo)
+    assert {"kl", "value_loss", "explained_variance", "reward/rm"} <= set(rows[0])
+    lines = [x for x in (ppo / "rollouts.jsonl").read_text().split("\n") if x]
+    assert len(lines) == 8  # one round: 8 rollouts × 2 epochs / micro-batch 4 = the 4 steps
+    assert (ppo / "final" / "value_head.safetensors").exists()

@@ -112,13 +112,16 @@ def ppo_advantages(cfg: PPOConfig) -> Any:
 # -- prompts and evaluation --------------------------------------------------------------------
 
 def _kind_of(spec: str) -> str:
-    from lmlab.data import registry
+    """chat, text or labelled: the registry's kind for a named set, else read off the first row."""
+    from lmlab.data.formats import detect_kind
+    from lmlab.data.loaders import iter_rows
 
-    if registry.is_registered(spec):
-        kind = registry.get(spec).kind
-        if kind in ("chat", "text", "labelled"):
-            return kind
-    return "chat"
+    rows, _, kind = iter_rows(spec, n=1)
+    if kind is None:
+        for _, row in rows:
+            kind = detect_kind(row)
+            break
+    return kind if kind in ("chat", "text", "labelled") else "chat"
 
 
 def load_prompt_items(cfg: OnlineRLConfig, tokenizer: Any) -> tuple[list[PromptItem], list[PromptItem]]:

@@ -209,6 +209,7 @@ class RolloutSource:
         self.trainer: Any = None
         self.model: nn.Module | None = None  # used when no trainer is bound (tests, bench)
         self.ref: nn.Module | None = None
+        self.warned: set[str] = set()
 
     # loop contract ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -343,12 +344,15 @@ class RolloutSource:
         if "returns" in buffer and "old_values" in buffer:
             m["explained_variance"] = adv.explained_variance(buffer["old_values"], buffer["returns"], cmask)
         self.pending = m
-        if truncated > 0.5:
+        if truncated > 0.5 and "truncated" not in self.warned:
+            self.warned.add("truncated")
             log(f"round {rnd}: {truncated:.0%} of completions hit max_new_tokens={self.sampling.max_new_tokens} without "
-                "a stop token (their reward may be meaningless); raise max_new_tokens or add missing_eos_penalty")
-        if tied > 0.5:
+                "a stop token (their reward may be meaningless); raise max_new_tokens or add missing_eos_penalty (warned once; the truncated column tracks it)")
+        if tied > 0.5 and "tied" not in self.warned:
+            self.warned.add("tied")
             log(f"round {rnd}: in {tied:.0%} of the prompt groups all {G} rewards tie, so their advantage and gradient "
-                "are zero; use more num_generations, a higher temperature, or a finer-grained reward")
+                "are zero; use more num_generations, a higher temperature, or a finer-grained reward (warned once; "
+                "the tied_groups column tracks it)")
         self.kl.update(float(seq_kl.mean()), len(completions))
         if self.rollouts_path is not None and rnd % max(self.log_rollouts_every, 1) == 0:
             with open(self.rollouts_path, "a", encoding="utf-8") as f:
