@@ -147,6 +147,7 @@ class PretrainConfig(TrainConfig):
     vocab_size: int = opt(4096, "tokenizer size when a tokenizer is trained for a from-scratch model")
     tokenizer_kind: Literal["bpe", "char"] = opt("bpe", "tokenizer trained for from-scratch models")
     arch: dict[str, Any] = opt({}, "architecture overrides, e.g. {hidden_size: 256, num_layers: 4}")
+    data_fraction: float = opt(1.0, "train on this fraction of the training texts (nested subsets: 0.25 ⊂ 0.5 ⊂ 1; for data-size ablations, `lmlab ablate stage=pt`)")
 
     def validate(self) -> list[str]:
         """Also check `arch` keys against the architecture now, not after the data is loaded."""
@@ -154,6 +155,8 @@ class PretrainConfig(TrainConfig):
         from lmlab.models import build_config, is_architecture
 
         problems = super().validate()
+        if not 0 < self.data_fraction <= 1:
+            problems.append(f"data_fraction must be in (0, 1], got {self.data_fraction}")
         if is_architecture(self.model):
             try:
                 build_config(self.model, self.vocab_size, overrides=self.arch or None)

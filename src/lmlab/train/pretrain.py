@@ -95,12 +95,14 @@ def check_length(model: Any, max_length: int) -> None:
 def load_split_texts(cfg: PretrainConfig) -> tuple[list[str], list[str]]:
     from lmlab.data.loaders import heldout_split, load_texts
     from lmlab.data.split import split_train_val
+    from lmlab.train.sft import nested_subset
 
     texts = load_texts(cfg.data, split="train", limit=cfg.limit, columns=cfg.columns or None)
     if cfg.eval_data:
         val = load_texts(cfg.eval_data, split=heldout_split(cfg.eval_data), columns=cfg.columns or None)
-        return texts, val
-    return split_train_val(texts, cfg.val_fraction, cfg.seed)
+    else:
+        texts, val = split_train_val(texts, cfg.val_fraction, cfg.seed)
+    return nested_subset(texts, cfg.data_fraction, cfg.seed), val  # held-out set fixed, training set nested
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])[\"”']?\s+")
