@@ -203,10 +203,33 @@ def call(cmd: Command, mapping: dict[str, Any], *, resume: bool = False, force: 
 
     klass = _load(cmd.config)
     cfg = build(klass, route_extra_keys(klass, mapping), where=where or f"lmlab {cmd.name}")
+    if getattr(cfg, "launcher", None):
+        from lmlab.devices import world_size
+
+        if world_size() == 1:  # not yet launched: run this very command under `accelerate launch`
+            return _launch(cmd, cfg, resume=resume, force=force)
     fn = _load(cmd.run)
     params = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in (("resume", resume), ("force", force)) if k in params}
     return fn(cfg, **kwargs)
+
+
+def _launch(cmd: Command, cfg: Any, *, resume: bool, force: bool) -> Any:
+    """`launcher=…`: the same command on several processes; returns the run's result like a plain call."""
+    from lmlab.config import to_dict
+    from lmlab.launch import relaunch
+    from lmlab.runs import RunDir, RunResult
+    from lmlab.train.stage import default_out
+
+    config = to_dict(cfg)
+    config["out"] = config.get("out") or default_out(cmd.name.split()[-1], config["model"])
+    flags = [f for f, on in (("--resume", resume), ("--force", force)) if on]
+    code = relaunch(cmd.name.split(), config, flags)
+    run = RunDir(config["out"])
+    if code != 0 or not run.is_done():
+        raise LmlabError(f"lmlab {cmd.name} under launcher={cfg.launcher} failed (exit code {code}); its processes' "
+                         "messages are above")
+    return RunResult(run.path, run.result())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -279,7 +279,11 @@ class RunDir:
         return read_jsonl(self.metrics_path)
 
     def finish(self, result: dict[str, Any]) -> None:
-        atomic_write_json(self.result_path, result)
+        """Write result.json, the "finished" marker: the last thing a stage writes (main process only)."""
+        from lmlab.devices import is_main_process
+
+        if is_main_process():
+            atomic_write_json(self.result_path, result)
 
     def prune_checkpoints(self, keep: int, protect: Path | None = None) -> None:
         """Keep the newest `keep` checkpoints (and `protect`, e.g. the best one).

@@ -118,6 +118,7 @@ class Checkpointer:
             state = to_dict(t.state)
             state["micro_global"] = t.state.micro * t.world
             state["world"] = t.world
+            state["global_batch"] = t.cfg.batch_size * t.cfg.grad_accum * t.world
             atomic_write_json(folder / "trainer_state.json", state)
         torch.save(rng_state(t.accelerator), folder / f"rng-{rank}.pt")
         source_state = getattr(t.train_source, "state_dict", None)
@@ -150,7 +151,8 @@ class Checkpointer:
             acc.load_state(str(path / "accelerate"))
         else:
             load_weights(t.raw, path / WEIGHTS)
-            t.updater.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=acc.device))
+            where = "cpu" if acc.device.type == "cpu" else acc.device  # gloo processes report "cpu:0"
+            t.updater.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=where))
         t.updater.scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
         t.updater.set_base_lrs()
         rank_rng = path / f"rng-{t.rank}.pt"
@@ -159,7 +161,17 @@ class Checkpointer:
         set_rng_state(torch.load(rng_file, weights_only=False), acc)
         raw = json.loads((path / "trainer_state.json").read_text())
         micro_global = raw.pop("micro_global", None)
-        raw.pop("world", None)
+        saved_world = raw.pop("world", None)
+        saved_batch = raw.pop("global_batch", None)
+        batch = t.cfg.batch_size * t.cfg.grad_accum * t.world
+        if saved_batch is not None and saved_batch != batch:
+            from lmlab.errors import ConfigError
+
+            raise ConfigError(
+                f"{path}: written with a global batch of {saved_batch} (batch_size × grad_accum × {saved_world} processes); "
+                f"this run has {batch} ({t.cfg.batch_size} × {t.cfg.grad_accum} × {t.world}). A resumed run keeps the global "
+                f"batch: choose grad_accum = {saved_batch // (t.cfg.batch_size * t.world) if saved_batch % (t.cfg.batch_size * t.world) == 0 else '?'}"
+                " for this number of processes")
         if "best_loss" in raw:  # wave-1 name of the selection value
             raw["best_value"] = raw.pop("best_loss")
         known = TrainerState.__dataclass_fields__

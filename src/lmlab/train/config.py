@@ -89,6 +89,7 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the model (GPU speed-up; slow start on CPU)")
     launcher: str | None = opt(None, "run under `accelerate launch` with a packaged config: ddp, fsdp2, zero2, zero3, "
                                "or a path to your own accelerate config YAML (see docs/training.md)")
+    num_processes: int | None = opt(None, "processes for launcher= (default: one per GPU; 2 CPU processes for ddp without GPUs)")
 
     def validate(self) -> list[str]:
         problems = []

@@ -227,6 +227,7 @@ def print_summary(result: dict[str, Any], run: RunDir) -> None:
 # -- the stage -----------------------------------------------------------------------------------------
 def run(cfg: PretrainConfig, *, resume: bool = False, force: bool = False) -> RunResult:
     """Pretrain `cfg.model` on `cfg.data`; returns the run folder and its final metrics."""
+    from lmlab.devices import is_main_process, main_process_first
     from lmlab.models import count_parameters, human
     from lmlab.train.steps import lm_step, seq2seq_step
     from lmlab.train.trainer import Trainer
@@ -236,7 +237,8 @@ def run(cfg: PretrainConfig, *, resume: bool = False, force: bool = False) -> Ru
         return finished
 
     train_texts, val_texts = load_split_texts(cfg)
-    model, tokenizer, kind = get_model(cfg, train_texts, rundir)
+    with main_process_first():  # one process trains the tokenizer and writes the token caches
+        model, tokenizer, kind = get_model(cfg, train_texts, rundir)
     check_length(model, cfg.max_length)
     trainable, total = count_parameters(model)
     log(f"pt {cfg.model}: {human(total)} parameters ({human(trainable)} trainable), vocab {len(tokenizer)}")
@@ -256,13 +258,15 @@ def run(cfg: PretrainConfig, *, resume: bool = False, force: bool = False) -> Ru
         eval_src = PairBatches(val_pairs, cfg.batch_size, pad, cfg.seed, shuffle=False) if val_pairs else None
         step = seq2seq_step
     else:
-        train_src, eval_src = lm_sources(cfg, tokenizer, train_texts, val_texts)
+        with main_process_first():
+            train_src, eval_src = lm_sources(cfg, tokenizer, train_texts, val_texts)
         step = lm_step
     trainer = Trainer(model, step, train_src, cfg, rundir, eval_source=eval_src, tokenizer=tokenizer)
     result = trainer.fit(resume=resume)
-    samples = write_samples(trainer.raw, tokenizer, cfg, rundir)
+    samples = write_samples(trainer.raw, tokenizer, cfg, rundir) if is_main_process() else []
     result = {**result, "total_params": total, "vocab_size": len(tokenizer), "train_texts": len(train_texts),
               "batches_per_epoch": len(train_src), "samples": samples}
     rundir.finish(result)
-    print_summary(result, rundir)
+    if is_main_process():
+        print_summary(result, rundir)
     return RunResult(rundir.path, result)

@@ -250,7 +250,9 @@ def run(cfg: SFTConfig, *, resume: bool = False, force: bool = False) -> RunResu
         saved["use_cache"] = use_cache
         atomic_write_text(final_config, json.dumps(saved, indent=2) + "\n")
 
-    samples = write_samples(trainer.raw, tokenizer, cfg, rundir)
+    from lmlab.devices import is_main_process
+
+    samples = write_samples(trainer.raw, tokenizer, cfg, rundir) if is_main_process() else []
     held_out = {}
     if eval_src is not None:
         n_eval = len(eval_src) if cfg.eval_batches <= 0 else min(cfg.eval_batches, len(eval_src))

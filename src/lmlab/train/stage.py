@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from lmlab.config import to_dict
+from lmlab.devices import is_main_process, main_process_first
 from lmlab.errors import ConfigError
 from lmlab.progress import log
 from lmlab.runs import RunDir, RunResult
@@ -30,7 +31,8 @@ C = TypeVar("C")
 RESUMABLE_KEYS = frozenset({
     "lr", "max_steps", "epochs", "clip_grad", "eval_every", "save_every", "log_every", "eval_batches",
     "save_total_limit", "early_stopping_patience", "keep_best", "warmup_steps", "warmup_ratio", "min_lr_ratio",
-    "samples", "device", "precision", "compile", "gradient_checkpointing", "out",
+    "samples", "device", "precision", "compile", "gradient_checkpointing", "out", "launcher", "num_processes",
+    "grad_accum",  # with another number of processes; the loop checks the global batch is unchanged
 })
 """Keys a resumed run may change; they take effect from the step it resumes at."""
 
@@ -86,9 +88,11 @@ def open_stage(stage: str, cfg: C, *, resume: bool, force: bool) -> tuple[C, Run
         return cfg, rundir, RunResult(rundir.path, rundir.result())
     if resume and not force and rundir.path.is_dir() and rundir.is_lmlab_run() and rundir.latest_checkpoint():
         rundir.resume_changes = check_resume_changes(rundir, cfg)
-    rundir.prepare(resume=resume, force=force, stage=stage)
-    for key, (old, new) in rundir.resume_changes.items():
-        log(f"resume: {key} changed from {old} to {new}; it takes effect from the resumed step")
-    rundir.save_config(to_dict(cfg))
+    with main_process_first():  # under accelerate launch, one process prepares the folder
+        if is_main_process():
+            rundir.prepare(resume=resume, force=force, stage=stage)
+            for key, (old, new) in rundir.resume_changes.items():
+                log(f"resume: {key} changed from {old} to {new}; it takes effect from the resumed step")
+            rundir.save_config(to_dict(cfg))
     torch.manual_seed(cfg.seed)  # type: ignore[attr-defined]
     return cfg, rundir, None
