@@ -216,7 +216,8 @@ async def mixed_load(url: str, clients: int, per_client: int, max_tokens: int, d
         for k in range(per_client):
             await one(http, c, k)
 
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    # keep-alive expiry under uvicorn's 5 s: a pooled connection the server is closing is never reused
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4, keepalive_expiry=2.0)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
         start = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(client(http, c) for c in range(clients))), timeout_s)

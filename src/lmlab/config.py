@@ -169,7 +169,7 @@ def _coerce(value: Any, tp: Any, key: str, where: str, errors: list[str]) -> Any
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            errors.append(f"{where}: '{key}' must be a mapping of {', '.join(f.name for f in key_fields(tp))}")
+            errors.append(f"{where}: '{key}' must be a mapping of {', '.join(key_fields(tp))}, got {value!r}")
             return value
         return _build(tp, value, f"{key}.", where, errors)
     if origin in (list, tuple) or tp in (list, tuple):
