@@ -268,10 +268,35 @@ def split_hh_pair(chosen: str, rejected: str, row: dict[str, Any], where: str) -
     return PreferenceRecord(prompt, chosen[head:].strip(), rejected[head:].strip())
 
 
+# -- story layouts ---------------------------------------------------------------------------------------
+CLOZE_FIELDS = ("InputSentence1", "InputSentence2", "InputSentence3", "InputSentence4",
+                "RandomFifthSentenceQuiz1", "RandomFifthSentenceQuiz2", "AnswerRightEnding")
+
+
+def five_sentences(row: dict[str, Any], where: str) -> list[str] | None:
+    """The five sentences of a ROCStories row, or None for other layouts.
+
+    Story Cloze (Mostafazadeh et al. 2016): sentences 1–4 and the right one of two candidate endings
+    (`AnswerRightEnding` 1 or 2). ROCStories proper: `sentence1` … `sentence5`. So the mirror's Story
+    Cloze file reads as stories (text) and as continuation data (chat: sentence 1 → sentences 2–5).
+    """
+    if all(f"sentence{i}" in row for i in range(1, 6)):
+        return [str(row[f"sentence{i}"]).strip() for i in range(1, 6)]
+    if not all(k in row for k in CLOZE_FIELDS):
+        return None
+    right = str(row["AnswerRightEnding"]).strip()
+    if right not in ("1", "2"):
+        raise DataError(f"{where}: AnswerRightEnding must be 1 or 2, got {right!r}")
+    return [str(row[f"InputSentence{i}"]).strip() for i in range(1, 5)] + [str(row[f"RandomFifthSentenceQuiz{right}"]).strip()]
+
+
 # -- one normaliser per kind ---------------------------------------------------------------------------
 def to_text(row: dict[str, Any], where: str) -> TextRecord:
     if "text" in row:
         return TextRecord(_text(row["text"], "text", "text", row, where))
+    story = five_sentences(row, where)
+    if story is not None:
+        return TextRecord(" ".join(story))
     if "title" in row and isinstance(row.get("paragraphs"), list):  # chinese-poetry layout
         return TextRecord("\n".join([str(row["title"]), *map(str, row["paragraphs"])]))
     for kind in ("preference", "feedback", "chat", "labelled"):  # e.g. a tokenizer trained on instructions
@@ -285,6 +310,9 @@ def to_text(row: dict[str, Any], where: str) -> TextRecord:
 
 
 def to_chat(row: dict[str, Any], where: str) -> ChatRecord:
+    story = five_sentences(row, where)
+    if story is not None:  # continuation: the first sentence asks for the other four
+        return ChatRecord([Message("user", story[0]), Message("assistant", " ".join(story[1:]))])
     if "messages" in row or "conversations" in row:
         field = "messages" if "messages" in row else "conversations"
         msgs = to_messages(row[field], field, "chat", row, where)

@@ -92,7 +92,8 @@ DATASETS: dict[str, Dataset] = {d.name: d for d in [
             "mirror: 2,500 reviews as the train split",
             {"train": "imdb/imdb_reviews.csv", "test": "imdb/imdb_test.csv"}, hub="stanfordnlp/imdb",
             columns={"text": "review", "label": "sentiment"}),
-    Dataset("rocstories", "benchmark", "Story Cloze (ROCStories): 4 sentences + two candidate endings",
+    Dataset("rocstories", "benchmark", "Story Cloze (ROCStories): 4 sentences + two candidate endings; also reads "
+            "as text (sentences 1-4 + the right ending) and as chat/continuation data (sentence 1 → sentences 2-5)",
             {"validation": "rocstories/story_cloze_val.csv", "test": "rocstories/story_cloze_test.csv"}),
     Dataset("mmlu", "benchmark", "MMLU: one CSV per subject {question, choice0-3, answer index}; a folder per split "
             "(validation = the 5-per-subject dev set, the few-shot pool)",
