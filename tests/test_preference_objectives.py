@@ -155,6 +155,7 @@ def test_orpo_hand_worked():
     −0.607069 to 1e-5 as the notes give it; L_OR = −0.1·logσ(−0.607069) = 0.1·1.042058 = 0.104206."""
     or_losses, log_odds = orpo_loss(t(-2.0), t(-1.5), BETA)
     assert float(log_odds[0]) == pytest.approx(-0.607069, abs=2e-5)
+    assert orpo_loss(t(-2.0).bfloat16(), t(-1.5).bfloat16(), BETA)[1].dtype == torch.float32  # TRL upcasts too
     assert float(or_losses[0]) == pytest.approx(0.104206, abs=1e-5)
 
 
@@ -479,6 +480,9 @@ DPO_CASES = [
     (["sigmoid"], None, {"f_div": "forward_kl"}),
     (["sigmoid"], None, {"f_div": "js_divergence"}),
     (["ipo"], None, {"f_div": "alpha_divergence", "f_alpha": 0.3}),
+    # per-token averaging keeps the score's constant (js: log 2, forward KL: 1) from cancelling
+    (["sigmoid_norm"], None, {"f_div": "js_divergence"}),
+    (["ipo"], None, {"f_div": "forward_kl"}),
     (["hinge"], None, {"beta": 0.5}),
 ]
 
