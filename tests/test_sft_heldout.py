@@ -59,3 +59,28 @@ def test_masked_and_unmasked_report_answer_token_ppl_on_same_tokens(tiny_qwen2_d
             nll, n = nll + float(loss) * k, n + k
     assert n == masked["val_tokens_answer"]
     assert masked["val_ppl"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+
+
+def test_eval_gen_scores_an_sft_runs_own_heldout_split(tiny_qwen2_dir, chats, tmp_path):
+    from lmlab.api import evaluate
+    from lmlab.train import sft
+    from lmlab.train.sft import split_chat_records
+
+    cfg = _cfg(tiny_qwen2_dir, chats, tmp_path / "run")
+    result = sft.run(cfg).metrics
+    metrics = evaluate("gen", model=str(tmp_path / "run"), prompts=str(tmp_path / "run"), max_new_tokens=4,
+                       out=str(tmp_path / "gen"))
+    assert metrics["n"] == result["val_examples"] > 0
+    refs = [json.loads(line)["ref"] for line in (tmp_path / "gen" / "samples.jsonl").read_text().splitlines()]
+    assert refs == [r.messages[-1].content for r in split_chat_records(cfg)[1]]
+
+
+def test_a_model_that_says_the_same_thing_to_every_prompt_is_flagged():
+    from lmlab.eval.text_metrics import text_metrics
+
+    refs = ["the cat ran", "a dog sat", "mia was happy"]
+    same, _ = text_metrics(["tom found a ball."] * 3, refs)
+    assert same["distinct_outputs"] == 1 and same["distinct_outputs_ratio"] == pytest.approx(1 / 3)
+    assert same["same_output_for_every_prompt"] is True
+    varied, _ = text_metrics(["tom found a ball.", "Tom found a ball", "a dog"], refs)  # case/punctuation fold
+    assert varied["distinct_outputs"] == 2 and varied["same_output_for_every_prompt"] is False

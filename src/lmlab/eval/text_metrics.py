@@ -38,7 +38,7 @@ class GenMetricsConfig(DecodingConfig):
     refs: str | None = opt(None, "references, one per line (optional when prompts= is a dataset with responses)")
     hyps: str | None = opt(None, "hypotheses, one per line, aligned with refs")
     model: str | None = opt(None, "generate the hypotheses with this model (instead of hyps=)")
-    prompts: str | None = opt(None, "prompts for model=: a text file (one per line) or a chat / prompt-completion dataset (its responses become refs)")
+    prompts: str | None = opt(None, "prompts for model=: a text file (one per line), a chat / prompt-completion dataset (its responses become refs) or an SFT run folder (its own held-out split)")
     split: str = opt("test", "split of a named prompts dataset")
     columns: dict[str, str] = opt({}, "column mapping for the prompts dataset, e.g. {prompt: question, response: answer}")
     limit: int | None = opt(None, "score only the first N pairs")
@@ -153,6 +153,10 @@ def text_metrics(hyps: Sequence[str], refs: Sequence[str], *, lang: str = "auto"
         "distinct_1": distinct_n(hyps, 1),
         "distinct_2": distinct_n(hyps, 2),
         "n": len(hyps),
+        # a collapsed model writes one continuation whatever the prompt: distinct outputs / prompts says so
+        "distinct_outputs": len({normalize(h) for h in hyps}),
+        "distinct_outputs_ratio": len({normalize(h) for h in hyps}) / len(hyps),
+        "same_output_for_every_prompt": len(hyps) > 1 and len({normalize(h) for h in hyps}) == 1,
         "sentence_bleu": statistics.fmean(sentence_bleu),
         "repetition_4": statistics.fmean(reps) if reps else 0.0,
         "exact_match": statistics.fmean(normalize(h) == normalize(r) for h, r in zip(hyps, refs, strict=True)),
@@ -179,11 +183,14 @@ def read_lines(path: str, what: str) -> list[str]:
 def _prompts(cfg: GenMetricsConfig) -> tuple[list[str], list[str] | None, bool]:
     """(prompts, references or None, whether they are chats)."""
     path = Path(str(cfg.prompts)).expanduser()
-    if path.suffix == ".txt" or (path.exists() and not path.suffix):
+    if (path / "config.yaml").is_file():
+        records = sft_heldout(path)[: cfg.limit]
+    elif path.suffix == ".txt" or (path.exists() and not path.suffix):
         return read_lines(str(path), "prompts")[: cfg.limit], None, False
-    from lmlab.data.loaders import load_records
+    else:
+        from lmlab.data.loaders import load_records
 
-    records = load_records(str(cfg.prompts), "chat", columns=cfg.columns or None, split=cfg.split, limit=cfg.limit)
+        records = load_records(str(cfg.prompts), "chat", columns=cfg.columns or None, split=cfg.split, limit=cfg.limit)
     prompts, refs = [], []
     for rec in records:
         if rec.messages[-1].role != "assistant":
@@ -191,6 +198,25 @@ def _prompts(cfg: GenMetricsConfig) -> tuple[list[str], list[str] | None, bool]:
         prompts.append(rec.messages[:-1])
         refs.append(rec.messages[-1].content)
     return prompts, refs, True  # type: ignore[return-value]
+
+
+def sft_heldout(run: Path) -> list[Any]:
+    """`prompts=<an SFT run folder>`: that run's own held-out conversations (the split it validated on)."""
+    import dataclasses
+
+    import yaml
+
+    from lmlab.train.config import SFTConfig
+    from lmlab.train.sft import split_chat_records
+
+    saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    if "train_on_prompt" not in saved:
+        raise ConfigError(f"prompts={run}: not an SFT run folder (its config.yaml has no SFT keys); "
+                          "give a dataset or a prompts file")
+    from lmlab.config import build
+
+    return split_chat_records(build(SFTConfig, {k: v for k, v in saved.items() if k in names}, where=str(run / "config.yaml")))[1]
 
 
 def _generate(cfg: GenMetricsConfig, prompts: list[Any], is_chat: bool) -> tuple[list[str], list[str]]:
@@ -235,6 +261,11 @@ def run(cfg: GenMetricsConfig) -> dict[str, Any]:
                             "they must align one to one (one text per line)")
         hyps, refs = hyps[: cfg.limit], refs[: cfg.limit]
     summary, per_pair = text_metrics(hyps, refs, lang=cfg.lang)
+    if summary["same_output_for_every_prompt"]:
+        from lmlab.progress import log
+
+        log(f"[bold red]warning[/bold red]: the same output for all {summary['n']} prompts: {hyps[0][:80]!r} "
+            "(a collapsed model or decoding; try repetition_penalty, sampling or more training)")
     rows = [[k, v] for k, v in summary.items()]
     markdown = print_table(f"Text metrics ({summary['n']} pairs, {summary['lang']})", ["metric", "value"], rows)
     if cfg.out:

@@ -86,14 +86,9 @@ def base_config(cfg: AblationConfig) -> SFTConfig | PretrainConfig:
 
 def held_out_prompts(cfg: SFTConfig, n: int) -> list[str]:
     """The first user turns of the held-out conversations (same split the SFT runs use)."""
-    from lmlab.data.loaders import heldout_split, load_records
-    from lmlab.data.split import split_train_val
+    from lmlab.train.sft import split_chat_records
 
-    if cfg.eval_data:
-        val = load_records(cfg.eval_data, "chat", columns=cfg.columns or None, split=heldout_split(cfg.eval_data))
-    else:
-        val = split_train_val(load_records(cfg.data, "chat", columns=cfg.columns or None, limit=cfg.limit),
-                              cfg.val_fraction, seed=cfg.seed)[1]
+    val = split_chat_records(cfg)[1]
     prompts = []
     for rec in val:
         user = next((m.content for m in rec.messages if m.role == "user"), None)

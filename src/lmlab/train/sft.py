@@ -90,18 +90,23 @@ def nested_subset(records: list[Any], fraction: float, seed: int) -> list[Any]:
     return [r for i, r in enumerate(records) if i in keep]
 
 
-def load_chat_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[EncodedExample], list[EncodedExample], EncodeStats]:
-    """Rendered train and held-out examples plus the truncation stats of the training set."""
+def split_chat_records(cfg: SFTConfig) -> tuple[list[Any], list[Any]]:
+    """(train, held-out) chat records: `eval_data`'s held-out split, else a `val_fraction` hash split
+    of `data`. The one rule for the stage, its ablations and `eval gen prompts=<sft run>`."""
     from lmlab.data.loaders import heldout_split, load_records
     from lmlab.data.split import split_train_val
 
     records = load_records(cfg.data, "chat", columns=cfg.columns or None, limit=cfg.limit)
     if cfg.eval_data:
-        train = records
         val = load_records(cfg.eval_data, "chat", columns=cfg.columns or None, split=heldout_split(cfg.eval_data),
                            limit=max(cfg.eval_batches, 1) * cfg.batch_size if cfg.eval_batches > 0 else None)
-    else:
-        train, val = split_train_val(records, cfg.val_fraction, seed=cfg.seed)
+        return records, val
+    return split_train_val(records, cfg.val_fraction, seed=cfg.seed)
+
+
+def load_chat_data(cfg: SFTConfig, tokenizer: Any) -> tuple[list[EncodedExample], list[EncodedExample], EncodeStats]:
+    """Rendered train and held-out examples plus the truncation stats of the training set."""
+    train, val = split_chat_records(cfg)
     train = nested_subset(train, cfg.data_fraction, cfg.seed)
     opts = {"template": cfg.template, "max_length": cfg.max_length, "train_on_prompt": cfg.train_on_prompt,
             "system": cfg.system}
