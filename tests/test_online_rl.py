@@ -116,7 +116,12 @@ def _train_rows(run):
     return [r for r in (json.loads(x) for x in open(run / "metrics.jsonl")) if r["split"] == "train"]
 
 
-@pytest.mark.parametrize("make", [_grpo, _ppo], ids=["grpo", "ppo"])
+def _grpo_on_policy(model, data, out, **kw):
+    """One update per round: the step's own log-probs serve as the old ones (no extra pass)."""
+    return _grpo(model, data, out, rollout_batch=4, **kw)
+
+
+@pytest.mark.parametrize("make", [_grpo, _grpo_on_policy, _ppo], ids=["grpo", "grpo-on-policy", "ppo"])
 def test_a_run_killed_mid_round_resumes_with_the_same_losses(make, tiny_qwen2_dir, prompts_file, tmp_path):
     """Rounds of 4 steps (8 rollouts, micro-batch 4; PPO: 2 epochs; GRPO: 2 optimizer steps,
     rounds at 1-2, 3-4, ...); checkpoint every 2 steps; a crash at step 3, mid-round for PPO, resumes

@@ -48,7 +48,8 @@ def make_grpo_step(loss: str, beta: float, epsilon: float, epsilon_high: float |
         logp, entropy, _ = forward_completion(model, batch, temperature)  # (B, C)
         cmask = batch["completion_mask"]
         a = batch["advantages"].unsqueeze(1)  # (B, 1): one advantage per completion
-        per_token, clipped = adv.clipped_policy_loss(logp, batch["old_logp"], a, epsilon, epsilon_high)
+        old = batch["old_logp"] if "old_logp" in batch else logp.detach()  # on-policy rounds: ρ = 1, ∇ = ∇logπ
+        per_token, clipped = adv.clipped_policy_loss(logp, old, a, epsilon, epsilon_high)
         metrics = {}
         if beta > 0:
             kl = adv.kl_estimate(logp, batch["ref_logp"], "k3")
@@ -88,7 +89,7 @@ def grpo_advantages(cfg: GRPOConfig) -> Any:
     def compute(buffer: dict[str, Tensor], rewards: Tensor, source: RolloutSource) -> dict[str, Tensor]:
         G = cfg.num_generations
         if cfg.advantage == "rloo":
-            if cfg.beta > 0:  # k1 at sequence level, in the reward (Ahmadian et al. 2024; TRL RLOO)
+            if cfg.beta > 0 and "ref_logp" in buffer:  # k1 at sequence level, in the reward (Ahmadian et al. 2024; TRL RLOO)
                 kl = (adv.kl_estimate(buffer["old_logp"], buffer["ref_logp"], "k1") * buffer["completion_mask"]).sum(1)
                 rewards = rewards - cfg.beta * kl
             return {"advantages": adv.rloo_advantages(rewards, G)}
@@ -263,7 +264,8 @@ def run_online(stage: str, cfg: OnlineRLConfig, *, resume: bool = False, force: 
         compute = grpo_advantages(g)
     source = RolloutSource(items, rewards, plan, sampling, tokenizer, advantages=compute, seed=cfg.seed,
                            needs_ref=beta > 0, needs_values=is_ppo, kl=kl, penalties=_penalties(cfg),
-                           rollouts_path=rundir.path / "rollouts.jsonl", log_rollouts_every=cfg.log_rollouts_every)
+                           rollouts_path=rundir.path / "rollouts.jsonl", log_rollouts_every=cfg.log_rollouts_every,
+                           on_policy=cfg.ppo_epochs == 1 and plan.rollout_batch == cfg.batch_size * cfg.grad_accum)
     if not resume and source.rollouts_path.exists():
         source.rollouts_path.unlink()
     evaluator = make_evaluator(cfg, held, rewards, tokenizer) if held else None

@@ -196,10 +196,12 @@ class RolloutSource:
     def __init__(self, prompts: Sequence[PromptItem], rewards: Any, plan: RoundPlan, sampling: Sampling, tokenizer: Any, *,
                  advantages: Advantages, seed: int = 0, needs_ref: bool = False, needs_values: bool = False,
                  kl: adv.KLController | None = None, penalties: Callable[..., list[float]] | None = None,
-                 rollouts_path: Any = None, log_rollouts_every: int = 1):
+                 rollouts_path: Any = None, log_rollouts_every: int = 1, on_policy: bool = False):
         self.prompts, self.rewards, self.plan, self.sampling = list(prompts), rewards, plan, sampling
         self.tokenizer, self.compute_advantages, self.seed = tokenizer, advantages, seed
         self.needs_ref, self.needs_values = needs_ref, needs_values
+        self.on_policy = on_policy
+        """one optimizer update per round: the old log-probs are the step's own (TRL skips that pass too)"""
         self.kl = kl or adv.KLController(0.0)
         self.penalties = penalties
         self.rollouts_path, self.log_rollouts_every = rollouts_path, log_rollouts_every
@@ -292,8 +294,11 @@ class RolloutSource:
                 batch = sample(policy, self.tokenizer, [it.text for it in items], G, self.sampling)
             t_gen = time.perf_counter() - t0
             with torch.no_grad():
-                logp, entropy, values = forward_completion(model, batch, self.sampling.temperature)
-                ref_logp = self._ref_logps(ref, policy, batch) if self.needs_ref else torch.zeros_like(logp)
+                if self.on_policy and not (self.needs_ref or self.needs_values):
+                    logp = entropy = values = None  # the step's own log-probs are the old ones (ρ = 1)
+                else:
+                    logp, entropy, values = forward_completion(model, batch, self.sampling.temperature)
+                ref_logp = self._ref_logps(ref, policy, batch) if self.needs_ref else None
         cmask = batch["completion_mask"]
         completions = self.tokenizer.batch_decode(batch["input_ids"][:, -cmask.size(1):].masked_fill(
             ~cmask.bool(), self.tokenizer.pad_token_id), skip_special_tokens=True)
@@ -306,13 +311,16 @@ class RolloutSource:
         ended = batch.pop("ended")
         if self.penalties is not None:
             total = total + torch.tensor(self.penalties(completions, ended.tolist(), lengths.tolist()), dtype=total.dtype)
-        buffer = {**{k: v.cpu() for k, v in batch.items()}, "old_logp": logp.cpu(), "ref_logp": ref_logp.cpu(),
-                  "scores": total.float()}
+        buffer = {**{k: v.cpu() for k, v in batch.items()}, "scores": total.float()}
+        if logp is not None:
+            buffer["old_logp"] = logp.cpu()
+        if ref_logp is not None:
+            buffer["ref_logp"] = ref_logp.cpu()
         if values is not None:
             buffer["old_values"] = values.float().cpu()
         buffer.update(self.compute_advantages(buffer, total.float(), self))
         self.buffer, self.round = buffer, rnd
-        self._record(rnd, items, completions, parts, total, buffer, entropy.cpu(), lengths.cpu(), ended.cpu(),
+        self._record(rnd, items, completions, parts, total, buffer, entropy, lengths.cpu(), ended.cpu(),
                      t_gen, time.perf_counter() - t0)
 
     def _ref_logps(self, ref: nn.Module | None, policy: nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -324,17 +332,17 @@ class RolloutSource:
         raise ConfigError("a KL term needs a reference model: none was loaded (beta > 0 / kl_coef > 0)")
 
     def _record(self, rnd: int, items: Sequence[PromptItem], completions: Sequence[str], parts: dict[str, list[float]],
-                total: Tensor, buffer: dict[str, Tensor], entropy: Tensor, lengths: Tensor, ended: Tensor,
+                total: Tensor, buffer: dict[str, Tensor], entropy: Tensor | None, lengths: Tensor, ended: Tensor,
                 t_gen: float, t_round: float) -> None:
         """Round metrics for the next log row, warnings, and every N rounds a rollouts.jsonl table."""
         cmask = buffer["completion_mask"]
-        seq_kl = (adv.kl_estimate(buffer["old_logp"], buffer["ref_logp"], "k1") * cmask).sum(1)
+        seq_kl = (adv.kl_estimate(buffer["old_logp"], buffer["ref_logp"], "k1") * cmask).sum(1) if self.needs_ref else None
         G = self.plan.num_generations
         truncated = float((~ended).float().mean())
         tied = float(adv.tied_groups(total, G).float().mean()) if G > 1 else 0.0
         m = {"reward": float(total.mean()), "reward_std": float(total.std()) if total.numel() > 1 else 0.0,
-             **({"kl": float(seq_kl.mean()), "kl_coef": self.kl.value} if self.needs_ref else {}),
-             "entropy": float(adv.masked_mean(entropy, cmask)),
+             **({"kl": float(seq_kl.mean()), "kl_coef": self.kl.value} if seq_kl is not None else {}),
+             **({"entropy": float(adv.masked_mean(entropy.cpu(), cmask))} if entropy is not None else {}),
              "response_length": float(lengths.float().mean()), "truncated": truncated, "tied_groups": tied,
              "generate_s": t_gen, "round_s": t_round}
         for name, values in parts.items():
@@ -353,7 +361,8 @@ class RolloutSource:
             log(f"round {rnd}: in {tied:.0%} of the prompt groups all {G} rewards tie, so their advantage and gradient "
                 "are zero; use more num_generations, a higher temperature, or a finer-grained reward (warned once; "
                 "the tied_groups column tracks it)")
-        self.kl.update(float(seq_kl.mean()), len(completions))
+        if seq_kl is not None:
+            self.kl.update(float(seq_kl.mean()), len(completions))
         if self.rollouts_path is not None and rnd % max(self.log_rollouts_every, 1) == 0:
             with open(self.rollouts_path, "a", encoding="utf-8") as f:
                 for i, c in enumerate(completions):
