@@ -40,3 +40,34 @@ def test_story_cloze_csv_loads_as_sft_data(tmp_path):
     recs = load_records(str(path), "chat")
     assert [r.messages[0].content for r in recs] == ["Tom had a red kite.", "Mia lost her hat."]
     assert recs[1].messages[1].content.endswith("Tom was sad.")
+
+
+def test_seq2seq_on_story_cloze_is_scored_on_its_own_heldout_pairs(tmp_path, tiny_tokenizer_dir):
+    """train pt model=seq2seq on the Story Cloze layout; eval gen prompts=<run> = exactly its held-out pairs."""
+    import json
+    import random
+
+    from lmlab.api import evaluate
+    from lmlab.config import build
+    from lmlab.train import pretrain
+    from lmlab.train.config import PretrainConfig
+
+    rng = random.Random(0)
+    words = ["tom", "mia", "the", "cat", "ran", "park", "happy", "ball", "red", "found"]
+    path = tmp_path / "cloze.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(ROW))
+        w.writeheader()
+        for i in range(40):
+            w.writerow({k: " ".join(rng.choice(words) for _ in range(5)) + f" {i}." for k in ROW} | {"AnswerRightEnding": "1"})
+    cfg = build(PretrainConfig, dict(model="seq2seq:tiny", data=str(path), tokenizer=str(tiny_tokenizer_dir), max_steps=2,
+                                     batch_size=4, max_length=48, val_fraction=0.25, out=str(tmp_path / "s2s"),
+                                     arch={"hidden_size": 32, "num_layers": 1}, device="cpu"))
+    pretrain.run(cfg)
+    train, held = pretrain.split_text_pairs(cfg)
+    assert len(train) + len(held) == 40 and held and not set(train) & set(held)
+    metrics = evaluate("gen", model=str(tmp_path / "s2s"), prompts=str(tmp_path / "s2s"), max_new_tokens=4,
+                       out=str(tmp_path / "gen"))
+    rows = [json.loads(x) for x in (tmp_path / "gen" / "samples.jsonl").read_text().splitlines()]
+    assert metrics["n"] == len(held) and [r["ref"] for r in rows] == [t for _, t in held]
+    assert 1 <= metrics["distinct_outputs"] <= len(held)

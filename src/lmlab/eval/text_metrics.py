@@ -38,7 +38,7 @@ class GenMetricsConfig(DecodingConfig):
     refs: str | None = opt(None, "references, one per line (optional when prompts= is a dataset with responses)")
     hyps: str | None = opt(None, "hypotheses, one per line, aligned with refs")
     model: str | None = opt(None, "generate the hypotheses with this model (instead of hyps=)")
-    prompts: str | None = opt(None, "prompts for model=: a text file (one per line), a chat / prompt-completion dataset (its responses become refs) or an SFT run folder (its own held-out split)")
+    prompts: str | None = opt(None, "prompts for model=: a text file (one per line), a chat / prompt-completion dataset (its responses become refs) or an SFT / seq2seq run folder (its own held-out split)")
     split: str = opt("test", "split of a named prompts dataset")
     columns: dict[str, str] = opt({}, "column mapping for the prompts dataset, e.g. {prompt: question, response: answer}")
     limit: int | None = opt(None, "score only the first N pairs")
@@ -184,7 +184,7 @@ def _prompts(cfg: GenMetricsConfig) -> tuple[list[str], list[str] | None, bool]:
     """(prompts, references or None, whether they are chats)."""
     path = Path(str(cfg.prompts)).expanduser()
     if (path / "config.yaml").is_file():
-        records = sft_heldout(path)[: cfg.limit]
+        records = run_heldout(path)[: cfg.limit]
     elif path.suffix == ".txt" or (path.exists() and not path.suffix):
         return read_lines(str(path), "prompts")[: cfg.limit], None, False
     else:
@@ -200,23 +200,32 @@ def _prompts(cfg: GenMetricsConfig) -> tuple[list[str], list[str] | None, bool]:
     return prompts, refs, True  # type: ignore[return-value]
 
 
-def sft_heldout(run: Path) -> list[Any]:
-    """`prompts=<an SFT run folder>`: that run's own held-out conversations (the split it validated on)."""
+def run_heldout(run: Path) -> list[Any]:
+    """`prompts=<a run folder>`: that run's own held-out examples (the split it validated on), as
+    chats: an SFT run's held-out conversations, a seq2seq `train pt` run's held-out (source, target)."""
     import dataclasses
 
     import yaml
 
-    from lmlab.train.config import SFTConfig
-    from lmlab.train.sft import split_chat_records
+    from lmlab.config import build
+    from lmlab.data.formats import ChatRecord, Message
+    from lmlab.train.config import PretrainConfig, SFTConfig
 
     saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
-    names = {f.name for f in dataclasses.fields(SFTConfig)}
-    if "train_on_prompt" not in saved:
-        raise ConfigError(f"prompts={run}: not an SFT run folder (its config.yaml has no SFT keys); "
-                          "give a dataset or a prompts file")
-    from lmlab.config import build
+    where = str(run / "config.yaml")
+    if "train_on_prompt" in saved:
+        from lmlab.train.sft import split_chat_records
 
-    return split_chat_records(build(SFTConfig, {k: v for k, v in saved.items() if k in names}, where=str(run / "config.yaml")))[1]
+        names = {f.name for f in dataclasses.fields(SFTConfig)}
+        return split_chat_records(build(SFTConfig, {k: v for k, v in saved.items() if k in names}, where=where))[1]
+    if str(saved.get("model", "")).startswith("seq2seq"):
+        from lmlab.train.pretrain import split_text_pairs
+
+        names = {f.name for f in dataclasses.fields(PretrainConfig)}
+        pairs = split_text_pairs(build(PretrainConfig, {k: v for k, v in saved.items() if k in names}, where=where))[1]
+        return [ChatRecord([Message("user", s), Message("assistant", t)]) for s, t in pairs]
+    raise ConfigError(f"prompts={run}: not an SFT or seq2seq run folder, so it has no held-out examples with "
+                      "references; give a dataset or a prompts file")
 
 
 def _generate(cfg: GenMetricsConfig, prompts: list[Any], is_chat: bool) -> tuple[list[str], list[str]]:

@@ -162,6 +162,18 @@ class PairBatches:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def split_text_pairs(cfg: PretrainConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, held-out) (source, target) pairs of a seq2seq run: `eval_data`'s held-out split, else a
+    `val_fraction` hash split of the text pairs (so `eval gen prompts=<run>` can find the same ones)."""
+    from lmlab.data.loaders import heldout_split
+    from lmlab.data.split import split_train_val
+
+    pairs = text_pairs(cfg, "train", cfg.data)
+    if cfg.eval_data:
+        return pairs, text_pairs(cfg, heldout_split(cfg.eval_data), cfg.eval_data)
+    return split_train_val(pairs, cfg.val_fraction, cfg.seed)
+
+
 def encode_pairs(pairs: list[tuple[str, str]], tokenizer: Any, max_length: int) -> list[tuple[list[int], list[int]]]:
     src = tokenizer([s for s, _ in pairs], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
     tgt = tokenizer([t for _, t in pairs], add_special_tokens=False, truncation=True, max_length=max_length - 1)["input_ids"]
@@ -243,16 +255,10 @@ def run(cfg: PretrainConfig, *, resume: bool = False, force: bool = False) -> Ru
     trainable, total = count_parameters(model)
     log(f"pt {cfg.model}: {human(total)} parameters ({human(trainable)} trainable), vocab {len(tokenizer)}")
     if kind == "seq2seq":
-        from lmlab.data.loaders import heldout_split
-
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        train_pairs = encode_pairs(text_pairs(cfg, "train", cfg.data), tokenizer, cfg.max_length)
-        if cfg.eval_data:
-            val_pairs = encode_pairs(text_pairs(cfg, heldout_split(cfg.eval_data), cfg.eval_data), tokenizer, cfg.max_length)
-        else:
-            from lmlab.data.split import split_train_val
-
-            train_pairs, val_pairs = split_train_val(train_pairs, cfg.val_fraction, cfg.seed)
+        train_text, val_text = split_text_pairs(cfg)
+        train_pairs = encode_pairs(train_text, tokenizer, cfg.max_length)
+        val_pairs = encode_pairs(val_text, tokenizer, cfg.max_length)
         log(f"data {cfg.data}: {len(train_pairs)} train / {len(val_pairs)} held-out (source, target) pairs")
         train_src = PairBatches(train_pairs, cfg.batch_size, pad, cfg.seed)
         eval_src = PairBatches(val_pairs, cfg.batch_size, pad, cfg.seed, shuffle=False) if val_pairs else None
