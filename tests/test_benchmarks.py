@@ -258,8 +258,9 @@ def test_explicit_path_reads_one_task(tmp_path):
 @pytest.mark.parametrize("chat", ["auto", "false"])
 def test_gsm8k_runs_greedy_generation_through_lmlab_generate(mirror, tmp_path, tiny_qwen2_dir, chat):
     """The tiny model's tokenizer has a chat template and the folder is no pretraining run, so
-    chat_template=auto prompts through the template (header as system, demos + question as the user
-    turn); false sends the raw text. The outputs must equal lmlab.generate on exactly those prompts."""
+    chat_template=auto prompts through the template (the demonstration as a user + assistant turn,
+    then the question, as lm-eval's --apply_chat_template); false sends the raw text. The outputs
+    must equal lmlab.generate on exactly those prompts."""
     from lmlab.cli import main
     from lmlab.data.chat import render_prompt
     from lmlab.eval.benchmarks import GSM8K_STOP
@@ -278,8 +279,12 @@ def test_gsm8k_runs_greedy_generation_through_lmlab_generate(mirror, tmp_path, t
     model, tok = load_model(str(tiny_qwen2_dir), device="cpu")
     prompts = [demo + "\n\n" + ex.contexts[0] for ex in examples]
     if chat == "auto":
-        prompts = [render_prompt(tok, p) for p in prompts]
-        assert prompts[0].startswith("<|im_start|>user\n") and prompts[0].endswith("<|im_start|>assistant\n")
+        question, solution = demo.split("\nAnswer: ", 1)
+        prompts = [render_prompt(tok, [{"role": "user", "content": question + "\nAnswer:"},
+                                       {"role": "assistant", "content": solution},
+                                       {"role": "user", "content": ex.contexts[0]}]) for ex in examples]
+        assert prompts[0].startswith("<|im_start|>user\nQuestion: ") and prompts[0].endswith("<|im_start|>assistant\n")
+        assert "#### " in prompts[0].split("<|im_start|>assistant\n")[1]  # the worked solution is the assistant turn
     assert [r["question"] for r in rows] == [p[-300:] for p in prompts]
     expected = generate(model, tok, prompts, DecodingConfig(max_new_tokens=8, temperature=0, stop=GSM8K_STOP))
     assert [r["output"] for r in rows] == [e[0] for e in expected]

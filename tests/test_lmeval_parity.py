@@ -107,7 +107,17 @@ def pt_run(tmp_path_factory, tiny_qwen2_dir):
     return run_dir
 
 
-def harness(final: Path, tasks: list[str], root: Path, shots: int, add_bos_token: bool | None) -> dict:
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, tiny_qwen2_dir):
+    """The same model as a finished SFT run: its tokenizer's ChatML template is used (chat_template=auto)."""
+    run_dir = tmp_path_factory.mktemp("parity") / "sft"
+    shutil.copytree(tiny_qwen2_dir, run_dir / "final")
+    (run_dir / ".lmlab-run").write_text("sft\n")
+    return run_dir
+
+
+def harness(final: Path, tasks: list[str], root: Path, shots: int, add_bos_token: bool | None,
+            chat: bool = False) -> dict:
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -116,7 +126,7 @@ def harness(final: Path, tasks: list[str], root: Path, shots: int, add_bos_token
               **({"add_bos_token": add_bos_token} if add_bos_token is not None else {}))
     manager = TaskManager(include_path=str(root), include_defaults=False)
     return simple_evaluate(model=lm, tasks=tasks, num_fewshot=shots, task_manager=manager, log_samples=True,
-                           bootstrap_iters=0)
+                           bootstrap_iters=0, apply_chat_template=chat)
 
 
 def lmlab(run_dir: Path, tasks: str, out: Path, shots: int, add_bos: str) -> dict:
@@ -177,3 +187,29 @@ def test_mmlu_fewshot_and_gsm8k_generation_equal_the_harness(pt_run, tmp_path, m
     result = theirs["results"][names["gsm8k"]]
     assert ours["gsm8k"]["acc"] == pytest.approx(result["exact_match,flexible-extract"])
     assert ours["gsm8k"]["acc_strict"] == pytest.approx(result["exact_match,strict-match"])
+
+
+@pytest.mark.slow
+def test_chat_template_prompts_equal_the_harness_apply_chat_template(sft_run, tmp_path, monkeypatch):
+    """An SFT run is prompted through its chat template by default, as `lm_eval --apply_chat_template`
+    prompts it (few-shot as multi-turn, MMLU's header as the system message, choices right after the
+    assistant header): equal log-likelihoods on MMLU (one shot) and ARC, equal GSM8K generations."""
+    monkeypatch.setenv("LMLAB_DATA_DIR", str(FIXTURES))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    names = write_tasks(tmp_path)
+    ours = lmlab(sft_run, "mmlu,arc_easy,gsm8k", tmp_path / "lmlab", 1, "auto")
+    assert all(ours[t]["chat_template"] for t in ("mmlu", "arc_easy", "gsm8k"))
+    local = [names["mmlu_anatomy"], names["mmlu_astronomy"], names["arc_easy"], names["gsm8k"]]
+    theirs = harness(sft_run / "final", local, tmp_path, 1, None, chat=True)
+
+    rows = read_jsonl(tmp_path / "lmlab" / "predictions-mmlu.jsonl")
+    mmlu = [sorted(theirs["samples"][names[f"mmlu_{s}"]], key=lambda x: x["doc_id"]) for s in ("anatomy", "astronomy")]
+    arc = sorted(theirs["samples"][names["arc_easy"]], key=lambda x: x["doc_id"])
+    for row, sample in zip(rows + read_jsonl(tmp_path / "lmlab" / "predictions-arc_easy.jsonl"),
+                           mmlu[0] + mmlu[1] + arc, strict=True):
+        assert row["loglik"] == pytest.approx([ll for ll, _ in sample["filtered_resps"]], abs=1e-4)
+    assert ours["arc_easy"]["acc"] == pytest.approx(theirs["results"][names["arc_easy"]]["acc,none"])
+    assert ours["arc_easy"]["acc_norm"] == pytest.approx(theirs["results"][names["arc_easy"]]["acc_norm,none"])
+    gsm = read_jsonl(tmp_path / "lmlab" / "predictions-gsm8k.jsonl")
+    strict = [s for s in sorted(theirs["samples"][names["gsm8k"]], key=lambda x: x["doc_id"]) if s["filter"] == "strict-match"]
+    assert [r["output"] for r in gsm] == [s["resps"][0][0] for s in strict]

@@ -39,7 +39,7 @@ from lmlab.progress import log
 
 Scorer = Callable[[list[tuple[str, str]]], list[float]]
 Generator = Callable[[list[str]], list[str]]
-Chat = Callable[[str, str], str]  # (system, user) -> the prompt text, ending where the reply starts
+Chat = Callable[[list[dict[str, str]]], str]  # messages -> the prompt text, ending where the reply starts
 Mode = bool | Literal["auto"]
 
 # lm-evaluation-harness's gsm8k task: stop strings, answer regexes, what exact match ignores
@@ -196,23 +196,25 @@ def same_answer(pred: str | None, gold: str) -> bool:
 def prompt_of(ex: Example, demos: Sequence[Example], context: str, chat: Chat | None) -> str:
     """The text before a continuation: header, demonstrations, question; through the chat template if any.
 
-    With a template the harness sends the header as the system message and the demonstrations and
-    question as one user message (its `multiturn_to_singleturn`); the reply starts right after.
+    With a template it is what lm-evaluation-harness sends with `--apply_chat_template` (which
+    turns on `fewshot_as_multiturn`): the header as the system message, each demonstration as a
+    user turn (its question) and an assistant turn (its answer), the question as the last user
+    turn; the reply starts right after.
     """
-    shots = "".join(d.demo() + "\n\n" for d in demos)
     if chat is None:
-        return ex.header + shots + context
-    return chat(ex.header, shots + context)
+        return ex.header + "".join(d.demo() + "\n\n" for d in demos) + context
+    messages = [{"role": "system", "content": ex.header}] if ex.header else []
+    for d in demos:
+        question, answer = d.demo_turn()
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return chat([*messages, {"role": "user", "content": context}])
 
 
 def chat_renderer(tokenizer: Any) -> Chat:
-    """(system, user) → the tokenizer's chat template text with the assistant header (ChatML if none)."""
+    """Messages → the tokenizer's chat template text ending with the assistant header (ChatML if none)."""
     from lmlab.data.chat import render_prompt
 
-    def render(system: str, user: str) -> str:
-        return render_prompt(tokenizer, user, system=system or None)
-
-    return render
+    return lambda messages: render_prompt(tokenizer, messages)
 
 
 def uses_chat_template(spec: str, tokenizer: Any, mode: Mode) -> bool:
@@ -459,7 +461,7 @@ def _table(results: dict[str, dict[str, Any]], labels: list[str], names: list[st
             base = [first["n"], first["chance"], first["majority"]]
             rows.append([name, "acc", *base, *(r["acc"] for r in per)])
             rows.append([name, "acc_norm", "", "", "", *(r["acc_norm"] for r in per)])
-            rows.append([name, "answers", "", "", _positions(first["gold_positions"]),
+            rows.append([name, "answer positions", "", "", "gold: " + _positions(first["gold_positions"]),
                          *(_positions(r["answer_positions"]) for r in per)])
             rows.append([name, "one letter", "", "", "",
                          *(f"⚠ all {r['one_letter']}" if r["one_letter"] else "no" for r in per)])

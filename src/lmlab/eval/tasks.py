@@ -54,6 +54,18 @@ class Example:
             return self.demo_text
         return self.contexts[self.label] + self.continuations[self.label]
 
+    def demo_turn(self) -> tuple[str, str]:
+        """The demonstration as a (user, assistant) turn pair: question, then the answer alone.
+
+        Chat-formatted few-shot prompts show each solved example as its own turn, as
+        lm-evaluation-harness does with `--apply_chat_template` (`fewshot_as_multiturn`).
+        """
+        question = self.contexts[max(self.label, 0)]
+        text = self.demo()
+        if not text.startswith(question):
+            raise DataError(f"demonstration {text[:40]!r} does not start with its question {question[:40]!r}")
+        return question, text[len(question):].lstrip(" ")
+
 
 @dataclass(frozen=True)
 class Task:
