@@ -128,12 +128,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 MARKER = ".lmlab-run"
 """The file that marks a folder as a run lmlab created (its text: the stage name)."""
-CHECKPOINT_FILES = ("model.safetensors", "trainer_state.json")
-"""What a checkpoint folder must hold to count as complete."""
+CHECKPOINT_WEIGHTS = ("model.safetensors", "accelerate")
+"""A checkpoint's weights: one safetensors file, or accelerate's folder of shards (FSDP / DeepSpeed)."""
 
 
 def is_complete_checkpoint(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in CHECKPOINT_FILES)
+    """Its weights and trainer_state.json are there (a folder killed mid-delete lacks one of them)."""
+    return (path / "trainer_state.json").is_file() and any((path / w).exists() for w in CHECKPOINT_WEIGHTS)
 
 
 def _remove(path: Path) -> None:
@@ -236,7 +237,8 @@ class RunDir:
             atomic_write_text(self.path / MARKER, stage + "\n")
 
     def clean_leftovers(self) -> list[Path]:
-        """Undo what a kill mid-write left: hidden temp files and folders, half-deleted checkpoints.
+        """Undo what a kill mid-write left: hidden temp files and folders (`.*.tmp`, a sharded
+        checkpoint's `.step-N.partial`), half-deleted checkpoints (`.step-N.deleting`).
 
         `.NAME.old` is the previous version of NAME moved aside by `atomic_dir`; when NAME itself is
         missing (killed between the two renames) it is put back, otherwise it is deleted. Returns
@@ -253,7 +255,7 @@ class RunDir:
                 if name.endswith(".old") and not (folder / name[1:-4]).exists():
                     os.replace(entry, folder / name[1:-4])
                     continue
-                if name.endswith((".tmp", ".deleting", ".old")):
+                if name.endswith((".tmp", ".partial", ".deleting", ".old")):
                     _remove(entry)
                     removed.append(entry)
             _fsync_dir(folder)
