@@ -8,8 +8,8 @@ import sys
 
 def test_api_names_stay_functions_after_submodule_imports():
     import lmlab
-    import lmlab.generate  # noqa: F401  (the module of the same name)
-    import lmlab.train.sft  # noqa: F401  (the subpackage of the same name)
+    import lmlab.generate
+    import lmlab.train.sft
     from lmlab import generate, train
 
     assert callable(train) and train is lmlab.api.train
@@ -22,8 +22,8 @@ def test_train_twice_in_one_process_like_a_rerun_cell(tmp_path, tiny_qwen2_dir):
     """Two `from lmlab import train; train(...)` cells: the second used to fail with
     "'module' object is not callable" because the first imported lmlab.train.sft."""
     data = tmp_path / "chat.jsonl"
-    data.write_text("".join('{"messages": [{"role": "user", "content": "hi %d"}, {"role": "assistant", "content": "the cat ran"}]}\n' % i
-                            for i in range(16)))
+    row = '{{"messages": [{{"role": "user", "content": "hi {}"}}, {{"role": "assistant", "content": "the cat ran"}}]}}\n'
+    data.write_text("".join(row.format(i) for i in range(16)))
     code = f"""
 import os
 os.environ["LMLAB_QUIET"] = "1"

@@ -133,16 +133,25 @@ def test_full_trains_everything(qwen):
 def test_freeze_last_block_head_and_final_norm(qwen):
     apply_tuning(qwen, "freeze", freeze=FreezeSettings(trainable_layers=1))
     all_names = {n for n, _ in qwen.named_parameters()}
-    # lm_head is tied to embed_tokens, so the (single) embedding tensor trains as the head
-    want = {n for n in all_names if n.startswith("model.layers.1.")} | {"model.norm.weight", "model.embed_tokens.weight"}
+    # lm_head is tied to embed_tokens: training "the head" would train the first layer too, so by
+    # default the tied tensor stays frozen
+    want = {n for n in all_names if n.startswith("model.layers.1.")} | {"model.norm.weight"}
     assert names(qwen) == want
+    first_layer = qwen.model.embed_tokens.weight
+    assert qwen.lm_head.weight is first_layer and not first_layer.requires_grad
+
+
+def test_freeze_trains_a_tied_head_only_when_asked(qwen):
+    apply_tuning(qwen, "freeze", freeze=FreezeSettings(trainable_layers=1, train_tied_head=True))
+    assert "model.embed_tokens.weight" in names(qwen) and qwen.lm_head.weight.requires_grad
 
 
 def test_freeze_recurrent_model_last_layer(tiny_tokenizer_dir, tmp_path):
     model = save_rnn(tmp_path / "g", tiny_tokenizer_dir, "gru")
     apply_tuning(model, "freeze", freeze=FreezeSettings(trainable_layers=1))
-    want = {"layers.1.weight_ih_l0", "layers.1.weight_hh_l0", "layers.1.bias_ih_l0", "layers.1.bias_hh_l0",
-            "embed_tokens.weight"}
+    want = {"layers.1.weight_ih_l0", "layers.1.weight_hh_l0", "layers.1.bias_ih_l0", "layers.1.bias_hh_l0"}
+    if not getattr(model.config, "tie_word_embeddings", False):
+        want |= {"lm_head.weight"}
     assert names(model) == want
 
 

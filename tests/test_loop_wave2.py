@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-from test_trainer import ListSource, _masked_rows, config, pattern_tokens, tiny_model, train_losses
 
 from lmlab.data.tokencache import BlockSource
 from lmlab.runs import RunDir
 from lmlab.train.objectives import causal_lm_loss
 from lmlab.train.steps import StepOutput, lm_step, with_weight
 from lmlab.train.trainer import Callback, Trainer
+from test_trainer import ListSource, _masked_rows, config, pattern_tokens, tiny_model, train_losses
 
 
 # -- companions ---------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_unknown_select_metric_is_named(tmp_path):
     cfg = config(max_steps=1, select_metric="gold")
     trainer = Trainer(tiny_model(), lm_step, BlockSource(pattern_tokens(800), 16, 4), cfg, RunDir(tmp_path / "r"),
                       eval_source=BlockSource(pattern_tokens(400), 16, 4, sequential=True))
-    with pytest.raises(ConfigError, match="select_metric='gold'.*loss"):
+    with pytest.raises(ConfigError, match=r"select_metric='gold'.*loss"):
         trainer.fit()
 
 
@@ -258,7 +258,7 @@ def test_declared_weight_must_match_the_step(tmp_path):
 
 def test_lm_weight_counts_the_shifted_labels():
     ids, labels = _masked_rows()
-    loss, n = causal_lm_loss(tiny_model()(input_ids=ids).logits, labels)
+    _loss, n = causal_lm_loss(tiny_model()(input_ids=ids).logits, labels)
     assert lm_step.weight_of({"input_ids": ids, "labels": labels}) == n == sum(11 - i for i in range(8))
 
 

@@ -218,8 +218,7 @@ def _launch(cmd: Command, cfg: Any, *, resume: bool, force: bool) -> Any:
     """`launcher=…`: the same command on several processes; returns the run's result like a plain call."""
     from lmlab.config import to_dict
     from lmlab.launch import relaunch
-    from lmlab.runs import RunDir, RunResult
-    from lmlab.train.stage import default_out
+    from lmlab.runs import RunDir, RunResult, default_out
 
     config = to_dict(cfg)
     config["out"] = config.get("out") or default_out(cmd.name.split()[-1], config["model"])

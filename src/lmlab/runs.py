@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -314,3 +315,9 @@ class RunResult:
     @property
     def final(self) -> Path:
         return self.path / "final"
+
+
+def default_out(stage: str, model: str) -> str:
+    """runs/<stage>-<model folder or architecture name>, e.g. runs/sft-pt or runs/pt-transformer-tiny."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or model).strip("-")
+    return f"runs/{stage}-{slug or 'model'}"

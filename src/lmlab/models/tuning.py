@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from lmlab.config import opt
 from lmlab.errors import ConfigError, LmlabError
 
 QLORA_NEEDS_CUDA = "QLoRA needs a CUDA GPU (bitsandbytes 4-bit); on CPU use tuning=lora"
@@ -33,6 +35,36 @@ BLOCK_PATHS = (
 )
 FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "layer_norm", "final_layernorm", "norm_f")
 HEAD_NAMES = ("score", "classifier", "v_head", "value_head", "summary")
+
+
+
+@dataclass
+class LoraSettings:
+    rank: int = opt(16, "LoRA rank r: adapter width; higher = more capacity and memory (Hu et al. 2021)")
+    alpha: float = opt(32.0, "LoRA scaling α; the update is scaled by α/r")
+    dropout: float = opt(0.05, "dropout on the LoRA input path")
+    targets: list[str] = opt(["all-linear"], "module names to adapt, or 'all-linear'")
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.rank < 1:
+            problems.append(f"rank must be >= 1, got {self.rank} (typical: 8 to 64)")
+        if self.alpha <= 0:
+            problems.append(f"alpha must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
+        return problems
+
+
+@dataclass
+class FreezeSettings:
+    trainable_layers: int = opt(2, "train only the last N transformer blocks (plus the head)")
+    trainable: list[str] = opt([], "train only parameters whose name matches one of these patterns (fnmatch); overrides trainable_layers")
+    train_tied_head: bool = opt(False, "when the output head shares its weight with the input embeddings (tied), train "
+                                       "it too; off by default because training it moves the first layer as well")
+
+    def validate(self) -> list[str]:
+        return [f"trainable_layers must be >= 0, got {self.trainable_layers}"] if self.trainable_layers < 0 else []
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -73,15 +105,27 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
 
 
-def freeze_plan(model: nn.Module, trainable_layers: int) -> list[str]:
-    """fnmatch patterns of what `freeze` trains: last N blocks, the head, the final norm."""
+def head_is_tied(model: nn.Module) -> bool:
+    """Whether the output head's weight *is* the input embedding matrix (weight tying)."""
+    base = _base(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    emb = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    return head is not None and emb is not None and getattr(head, "weight", None) is getattr(emb, "weight", None)
+
+
+def freeze_plan(model: nn.Module, trainable_layers: int, train_tied_head: bool = False) -> list[str]:
+    """fnmatch patterns of what `freeze` trains: last N blocks, the head, the final norm.
+
+    A head tied to the input embeddings is left out unless `train_tied_head`: it is the same tensor
+    as the first layer, so "train the last blocks and the head" would quietly train the first layer too.
+    """
     base = _base(model)
     path, blocks = find_blocks(base)
     n = max(0, min(trainable_layers, len(blocks)))
     patterns = [f"{path}.{i}.*" for i in range(len(blocks) - n, len(blocks))]
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     names = {id(m): name for name, m in base.named_modules()}
-    if head is not None and id(head) in names:
+    if head is not None and id(head) in names and (train_tied_head or not head_is_tied(base)):
         patterns.append(f"{names[id(head)]}.*")
     for name, _ in base.named_children():
         if name in HEAD_NAMES:
@@ -99,8 +143,14 @@ def _param_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_parameters(remove_duplicate=False)]
 
 
-def apply_freeze(model: nn.Module, trainable_layers: int, patterns: list[str] | None = None) -> nn.Module:
-    patterns = list(patterns or []) or freeze_plan(model, trainable_layers)
+def apply_freeze(model: nn.Module, trainable_layers: int, patterns: list[str] | None = None,
+                 train_tied_head: bool = False) -> nn.Module:
+    patterns = list(patterns or []) or freeze_plan(model, trainable_layers, train_tied_head)
+    from lmlab.progress import log
+
+    tied = " (the head is tied to the input embeddings and stays frozen; freeze.train_tied_head=true trains both)" \
+        if head_is_tied(model) and not train_tied_head and not any("embed" in p or "head" in p for p in patterns) else ""
+    log(f"freeze: training {', '.join(patterns)}{tied}")
     matched = set()
     for name, param in model.named_parameters(remove_duplicate=False):
         hit = [p for p in patterns if fnmatch.fnmatchcase(name, p)]
@@ -167,8 +217,6 @@ def apply_lora(model: nn.Module, lora: Any) -> nn.Module:
 
 def apply_tuning(model: nn.Module, tuning: str | None, lora: Any = None, freeze: Any = None) -> nn.Module:
     """Set which parameters train; returns the model (a PeftModel for lora/qlora)."""
-    from lmlab.train.config import FreezeSettings, LoraSettings
-
     tuning = tuning or "full"
     lora = lora if lora is not None else LoraSettings()
     freeze = freeze if freeze is not None else FreezeSettings()
@@ -182,7 +230,7 @@ def apply_tuning(model: nn.Module, tuning: str | None, lora: Any = None, freeze:
             param.requires_grad_(True)
         return model
     if tuning == "freeze":
-        return apply_freeze(model, freeze.trainable_layers, freeze.trainable)
+        return apply_freeze(model, freeze.trainable_layers, freeze.trainable, getattr(freeze, "train_tied_head", False))
     if tuning == "qlora":
         if not torch.cuda.is_available():
             raise LmlabError(QLORA_NEEDS_CUDA)

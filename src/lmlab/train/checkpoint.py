@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,28 @@ from lmlab.config import to_dict
 from lmlab.runs import atomic_dir, atomic_write_json
 
 WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class TrainerState:
+    """Everything besides tensors that resume needs; saved as trainer_state.json."""
+
+    step: int = 0
+    micro: int = 0  # next local micro-batch index (the checkpoint also stores micro × world)
+    best_value: float | None = None  # best value of the selection metric so far
+    best_step: int | None = None
+    bad_evals: int = 0
+    last_eval_step: int = -1
+    elapsed_s: float = 0.0
+    tokens: int = 0
+    # the open logging window (so a log row spanning a checkpoint is the same after resume)
+    win_loss: float = 0.0
+    win_weight: float = 0.0
+    win_tokens: int = 0
+    win_time: float = 0.0
+    win_metrics: dict[str, float] = field(default_factory=dict)
+    last_train_loss: float | None = None
+    last_val: dict[str, float] = field(default_factory=dict)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -143,8 +166,6 @@ class Checkpointer:
 
     # -- read ------------------------------------------------------------------------------------
     def load(self, path: Path) -> None:
-        from lmlab.train.trainer import TrainerState
-
         t = self.t
         acc = t.accelerator
         if (path / "accelerate").is_dir():

@@ -11,33 +11,7 @@ from typing import Any, Literal
 
 from lmlab.config import opt
 from lmlab.errors import ConfigError
-
-
-@dataclass
-class LoraSettings:
-    rank: int = opt(16, "LoRA rank r: adapter width; higher = more capacity and memory (Hu et al. 2021)")
-    alpha: float = opt(32.0, "LoRA scaling α; the update is scaled by α/r")
-    dropout: float = opt(0.05, "dropout on the LoRA input path")
-    targets: list[str] = opt(["all-linear"], "module names to adapt, or 'all-linear'")
-
-    def validate(self) -> list[str]:
-        problems = []
-        if self.rank < 1:
-            problems.append(f"rank must be >= 1, got {self.rank} (typical: 8 to 64)")
-        if self.alpha <= 0:
-            problems.append(f"alpha must be > 0, got {self.alpha}")
-        if not 0 <= self.dropout < 1:
-            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
-        return problems
-
-
-@dataclass
-class FreezeSettings:
-    trainable_layers: int = opt(2, "train only the last N transformer blocks (plus the head)")
-    trainable: list[str] = opt([], "train only parameters whose name matches one of these patterns (fnmatch); overrides trainable_layers")
-
-    def validate(self) -> list[str]:
-        return [f"trainable_layers must be >= 0, got {self.trainable_layers}"] if self.trainable_layers < 0 else []
+from lmlab.models.tuning import FreezeSettings, LoraSettings
 
 
 @dataclass

@@ -13,8 +13,6 @@ run a different run than its checkpoints, so it is refused by name with the fix.
 from __future__ import annotations
 
 import dataclasses
-import re
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -24,7 +22,7 @@ from lmlab.config import to_dict
 from lmlab.devices import is_main_process, main_process_first
 from lmlab.errors import ConfigError
 from lmlab.progress import log
-from lmlab.runs import RunDir, RunResult
+from lmlab.runs import RunDir, RunResult, default_out
 
 C = TypeVar("C")
 
@@ -35,12 +33,6 @@ RESUMABLE_KEYS = frozenset({
     "grad_accum",  # with another number of processes; the loop checks the global batch is unchanged
 })
 """Keys a resumed run may change; they take effect from the step it resumes at."""
-
-
-def default_out(stage: str, model: str) -> str:
-    """runs/<stage>-<model folder or architecture name>, e.g. runs/sft-pt or runs/pt-transformer-tiny."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or model).strip("-")
-    return f"runs/{stage}-{slug or 'model'}"
 
 
 def _flat(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

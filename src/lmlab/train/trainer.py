@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from lmlab.devices import resolve_device
 from lmlab.errors import ConfigError, DataError, TrainingDiverged
 from lmlab.progress import is_quiet, log, progress_bar
 from lmlab.runs import RunDir
-from lmlab.train.checkpoint import WEIGHTS, Checkpointer, load_weights, save_weights
+from lmlab.train.checkpoint import WEIGHTS, Checkpointer, TrainerState, load_weights, save_weights
 from lmlab.train.companions import place_companions
 from lmlab.train.config import TrainConfig
 from lmlab.train.logbook import Logbook
@@ -51,7 +50,7 @@ from lmlab.train.objectives import perplexity
 from lmlab.train.steps import BatchSource, StepContext, StepFn, StepOutput, reports_perplexity
 from lmlab.train.update import ParamGroupsFn, Updater, param_groups
 
-__all__ = ["WEIGHTS", "BatchSource", "Callback", "StepContext", "StepFn", "StepOutput", "Trainer", "extra_callbacks",
+__all__ = ["WEIGHTS", "BatchSource", "Callback", "StepContext", "StepFn", "StepOutput", "Trainer", "TrainerState", "extra_callbacks",
            "load_weights", "param_groups", "save_weights"]
 
 Evaluator = Callable[["Trainer"], dict[str, float]]
@@ -81,28 +80,6 @@ def extra_callbacks(callbacks: Sequence[Callback]) -> Iterator[None]:
         yield
     finally:
         _EXTRA.reset(token)
-
-
-@dataclass
-class TrainerState:
-    """Everything besides tensors that resume needs; saved as trainer_state.json."""
-
-    step: int = 0
-    micro: int = 0  # next local micro-batch index (the checkpoint also stores micro × world)
-    best_value: float | None = None  # best value of the selection metric so far
-    best_step: int | None = None
-    bad_evals: int = 0
-    last_eval_step: int = -1
-    elapsed_s: float = 0.0
-    tokens: int = 0
-    # the open logging window (so a log row spanning a checkpoint is the same after resume)
-    win_loss: float = 0.0
-    win_weight: float = 0.0
-    win_tokens: int = 0
-    win_time: float = 0.0
-    win_metrics: dict[str, float] = field(default_factory=dict)
-    last_train_loss: float | None = None
-    last_val: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

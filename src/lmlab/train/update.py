@@ -85,6 +85,14 @@ class Updater:
             raise ConfigError("no trainable parameters (check tuning / freeze settings)")
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
                                       fused=accelerator.device.type == "cuda")
+        if self.deepspeed:
+            # lmlab has no DataLoader for DeepSpeed to read these from (prepare() raises without them)
+            ds = accelerator.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = cfg.batch_size
+            ds["gradient_accumulation_steps"] = cfg.grad_accum
+            ds["gradient_clipping"] = float(cfg.clip_grad) if cfg.clip_grad is not None else 0.0
+            ds["train_batch_size"] = cfg.batch_size * cfg.grad_accum * self.world
+            accelerator.gradient_accumulation_steps = cfg.grad_accum
         # One prepare call for both: FSDP2 and DeepSpeed refuse a model and optimizer prepared apart.
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.raw: nn.Module = accelerator.unwrap_model(self.model)
@@ -126,7 +134,7 @@ class Updater:
     def update(self, batches: Sequence[dict[str, Tensor]], step_fn: StepFn, forward_model: nn.Module,
                ctx: StepContext, on_nonfinite: Callable[[str, float], Exception], *, need_norm: bool = True) -> UpdateResult:
         """Forward/backward every micro-batch of the window, then clip, step and schedule."""
-        acc, cfg = self.acc, self.cfg
+        acc, _cfg = self.acc, self.cfg
         declared = [weight_of(step_fn, b) for b in batches]
         scaled = all(w is not None for w in declared)
         if not scaled and self.world > 1:
