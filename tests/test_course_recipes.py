@@ -55,3 +55,17 @@ def test_ptb_three_models_smoke(tmp_path, monkeypatch):
     assert all(finite(cross[m]["per_set"]["wikitext2"]["ppl"]) for m in models)
     report = (tmp_path / "report.md").read_text()
     assert "temperature 1.3" in report and sentences[1][:40] in report
+
+
+@pytest.mark.slow
+@needs("rocstories", "tinystories")
+def test_rocstories_smoke(tmp_path, monkeypatch):
+    run("recipes/rocstories.yaml", tmp_path, monkeypatch)
+    for stage in ("seq2seq_bleu", "sft_greedy", "sft_beam"):
+        m = json.loads((tmp_path / stage / "metrics.json").read_text())
+        assert m["n"] == 4 and finite(m["bleu"]) and finite(m["rougeL"])
+        assert 1 <= m["distinct_outputs"] <= 4 and isinstance(m["same_output_for_every_prompt"], bool)
+    sft = json.loads((tmp_path / "decoder_sft" / "result.json").read_text())
+    assert sft["trainable_params"] < sft["total_params"] and finite(sft["val_ppl"])  # partial freezing
+    cfg = (tmp_path / "decoder_sft" / "config.yaml").read_text()
+    assert "grad_accum: 2" in cfg and "tuning: freeze" in cfg
