@@ -134,3 +134,18 @@ def test_tokenizer_config_validation():
         build(TokenizerTrainConfig, {"vocab_size": 200})
     with pytest.raises(ConfigError, match="unknown key 'vocab'; did you mean 'vocab_size'"):
         build(TokenizerTrainConfig, {"vocab": 200})
+
+
+def test_char_tokenizer_on_two_sets_covers_both(tmp_path):
+    """data=A,B: one vocabulary for a pretraining corpus and different SFT data (no unk in either)."""
+    from lmlab.config import build
+
+    (tmp_path / "poems.txt").write_text("气和玉烛\n\n睿化著鸿明\n")
+    (tmp_path / "chat.txt").write_text("细胞理论\n\n日心说\n")
+    cfg = build(TokenizerTrainConfig, {"data": f"{tmp_path / 'poems.txt'},{tmp_path / 'chat.txt'}", "kind": "char",
+                                       "vocab_size": 100, "out": str(tmp_path / "tok"), "val_fraction": 0.0})
+    assert run_train(cfg)["train_texts"] == 4
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    for text in ("气和玉烛睿化著鸿明", "细胞理论日心说"):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) == len(text) and tok.unk_token_id not in ids

@@ -149,7 +149,7 @@ def compression(tokenizer: Any, texts: Sequence[str]) -> dict[str, float]:
 class TokenizerTrainConfig:
     """`lmlab tokenizer train`: train a BPE or char tokenizer on a dataset and measure its compression."""
 
-    data: str = opt("storyworld/pretrain", "dataset: a named set (lmlab data list), a file or a hub id")
+    data: str = opt("storyworld/pretrain", "dataset(s), comma separated: named sets (lmlab data list, NAME@SPLIT), files or hub ids; `limit` applies to each")
     kind: Literal["bpe", "char"] = opt("bpe", "bpe (byte-level BPE, never unknown) or char (one token per character)")
     vocab_size: int = opt(4096, "vocabulary size incl. 5 special tokens; bpe needs >= 261; for char it is a cap")
     min_frequency: int = opt(2, "bpe: fewest occurrences for a merge to be learned")
@@ -177,9 +177,12 @@ def run_train(cfg: TokenizerTrainConfig) -> dict[str, Any]:
     """Load texts, hold some out, train, save to `out`, write out/metrics.json, print a summary."""
     from lmlab.data.loaders import load_texts
     from lmlab.data.split import split_train_val
+    from lmlab.eval.common import split_list
     from lmlab.runs import atomic_write_json
 
-    texts = load_texts(cfg.data, columns=cfg.columns or None, split=cfg.split, limit=cfg.limit, text_unit=cfg.text_unit)
+    # several sets (`data=song-ci,alpaca-zh`): one vocabulary that covers the pretraining corpus and the SFT data
+    texts = [t for spec in split_list(cfg.data) for t in load_texts(spec, columns=cfg.columns or None, split=cfg.split,
+                                                                      limit=cfg.limit, text_unit=cfg.text_unit)]
     train, held = split_train_val(texts, cfg.val_fraction, cfg.seed)
     sample = held or train[:1000]
     tok = train_tokenizer(train, cfg.kind, cfg.vocab_size, cfg.out, cfg.chat_template, cfg.min_frequency)
