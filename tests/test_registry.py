@@ -230,15 +230,6 @@ def test_storyworld_offsets_are_far_apart():
     assert all(b - a > 1_000_000 for a, b in itertools.pairwise(offsets))
 
 
-def _has_real_storyworld() -> bool:
-    try:
-        from lmlab.data.storyworld import make_dataset  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_real_storyworld(), reason="storyworld generator not written yet")
 def test_real_storyworld_splits_are_disjoint():
     train = load_texts("storyworld/pretrain", limit=300)
     val = load_texts("storyworld/pretrain", split="validation", limit=300)
