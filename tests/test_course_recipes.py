@@ -69,3 +69,16 @@ def test_rocstories_smoke(tmp_path, monkeypatch):
     assert sft["trainable_params"] < sft["total_params"] and finite(sft["val_ppl"])  # partial freezing
     cfg = (tmp_path / "decoder_sft" / "config.yaml").read_text()
     assert "grad_accum: 2" in cfg and "tuning: freeze" in cfg
+
+
+@pytest.mark.slow
+@needs("chinese-poetry", "instruct")
+def test_chinese_char_smoke(tmp_path, monkeypatch):
+    run("recipes/chinese-char.yaml", tmp_path, monkeypatch)
+    tok = json.loads((tmp_path / "tokenizer" / "metrics.json").read_text())
+    assert tok["kind"] == "char" and tok["unk_rate"] < 0.05  # one vocabulary covers poems and instructions
+    assert finite(json.loads((tmp_path / "pt" / "result.json").read_text())["val_ppl"])
+    sft = json.loads((tmp_path / "sft" / "result.json").read_text())
+    assert sft["val_ppl_tokens"] == "answer" and finite(sft["val_ppl"]) and finite(sft["val_ppl_all_tokens"])
+    rouge = json.loads((tmp_path / "rouge" / "metrics.json").read_text())
+    assert rouge["lang"] == "zh" and rouge["n"] == sft["val_examples"] and finite(rouge["rougeL"])
