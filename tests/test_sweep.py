@@ -8,7 +8,7 @@ import yaml
 from conftest import corpus
 from lmlab.cli import main
 from lmlab.errors import ConfigError
-from lmlab.train.sweep import PruneOnVal, parse_space
+from lmlab.sweep import PruneOnVal, parse_space
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ COMMANDS: list[Command] = [
             "word distributions of two corpora: Zipf plot, OOV rate, JS divergence"),
     Command("tokenizer train", "lmlab.tokenizers:TokenizerTrainConfig", "lmlab.tokenizers:run_train", (),
             "train a byte-level BPE or char tokenizer; prints its compression"),
-    Command("sweep", "lmlab.train.sweep:SweepConfig", "lmlab.train.sweep:run", ("recipe",),
+    Command("sweep", "lmlab.sweep:SweepConfig", "lmlab.sweep:run", ("recipe",),
             "Optuna search over one recipe stage's keys (space=SPACE.yaml trials=N stage=NAME)"),
     Command("generate", "lmlab.generate:GenerateConfig", "lmlab.generate:run_generate", ("model",),
             "sample continuations of a prompt from any model (temperature, top_k, top_p, beams, n)"),

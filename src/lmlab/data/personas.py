@@ -7,7 +7,7 @@ A persona is a small YAML file::
     system: You are Captain Salt, a cheerful pirate ...
     keywords: [arr, matey, ship, treasure]
 
-Built-in presets live in `lmlab/chat/personas/*.yaml` (`lmlab chat MODEL persona=pirate`); any
+Built-in presets live in `lmlab/data/personas/*.yaml` (`lmlab chat MODEL persona=pirate`); any
 other name is read as a path to such a file. The keywords make persona adherence measurable:
 `lmlab eval persona` reports how often replies contain at least one of them (`keyword_hit`).
 """

@@ -4,7 +4,7 @@
 
 Each prompt is answered twice: once with the persona's system prompt and once with no system
 prompt (the baseline). A reply is *in character* when it contains at least one of the persona's
-keywords (whole words, any case; `lmlab.chat.personas.keyword_hit`). The baseline rate tells how
+keywords (whole words, any case; `lmlab.data.personas.keyword_hit`). The baseline rate tells how
 often those words appear anyway, so `lift = hit_rate - baseline_hit_rate` is the persona's effect.
 Keyword matching is a cheap proxy: it rewards vocabulary, not tone, and a model can game it; read
 `samples.jsonl` before trusting a number.
@@ -77,7 +77,7 @@ def read_prompts(path: str | None) -> list[str]:
 
 def score(replies: list[str], keywords: list[str]) -> dict[str, Any]:
     """Hit rate and per-keyword counts of a persona's keywords over replies."""
-    from lmlab.chat.personas import keyword_hits
+    from lmlab.data.personas import keyword_hits
 
     found = [keyword_hits(r, keywords) for r in replies]
     counts = {k: sum(k in f for f in found) for k in keywords}
@@ -86,16 +86,17 @@ def score(replies: list[str], keywords: list[str]) -> dict[str, Any]:
 
 
 def run(cfg: PersonaEvalConfig) -> dict[str, Any]:
-    from lmlab.chat.options import load_chat_model
-    from lmlab.chat.personas import builtin_personas, load_persona
-    from lmlab.chat.session import render_prompt
+    from lmlab.data.personas import builtin_personas, load_persona
+    from lmlab.data.chat import render_prompt
     from lmlab.eval.common import print_table, split_list
     from lmlab.generate import decoding_of, generate
     from lmlab.runs import atomic_write_json, atomic_write_text
 
     personas = [load_persona(p) for p in (split_list(cfg.personas) or builtin_personas())]
     prompts = read_prompts(cfg.prompts)
-    model, tok = load_chat_model(cfg)  # type: ignore[arg-type]  (it reads model, device, trust_remote_code)
+    from lmlab.models.load import load_model
+
+    model, tok = load_model(cfg.model, trust_remote_code=cfg.trust_remote_code, device=cfg.device)
     dcfg = decoding_of(cfg)
 
     def answer(system: str) -> list[str]:
