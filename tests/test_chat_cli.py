@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chat_model import ENV
-from lmlab.chat.personas import keyword_hit, load_persona
+from lmlab.data.personas import keyword_hit, load_persona
 from lmlab.eval.persona import score
 
 GREEDY = ["temperature=0", "max_new_tokens=10", "repetition_penalty=1", "threads=1"]

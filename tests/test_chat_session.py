@@ -6,7 +6,7 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from lmlab.chat.personas import builtin_personas, keyword_hit, keyword_hits, load_persona
+from lmlab.data.personas import builtin_personas, keyword_hit, keyword_hits, load_persona
 from lmlab.chat.session import ChatSession, render_prompt
 from lmlab.errors import ConfigError
 

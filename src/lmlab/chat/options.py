@@ -68,7 +68,7 @@ def load_chat_model(keys: ChatKeys) -> tuple[Any, Any]:
 def system_prompt(keys: ChatKeys) -> tuple[str, str | None]:
     """(system prompt, persona name): an explicit `system` wins over the persona's prompt."""
     if keys.persona:
-        from lmlab.chat.personas import load_persona
+        from lmlab.data.personas import load_persona
 
         persona = load_persona(keys.persona)
         return (keys.system or persona.system), persona.name

@@ -137,7 +137,7 @@ class ChatSession:
                 self.system, self.persona = arg, None
                 return CommandResult(f"system prompt set ({len(arg)} characters)" if arg else "system prompt removed")
             if name == "/persona":
-                from lmlab.chat.personas import builtin_personas, load_persona
+                from lmlab.data.personas import builtin_personas, load_persona
 
                 if not arg:
                     return CommandResult(f"usage: /persona NAME (built-in: {', '.join(builtin_personas())})")

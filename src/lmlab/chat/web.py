@@ -68,7 +68,7 @@ class WebChat:
             yield history, ""
             return
         if persona and persona != NO_PERSONA and not system.strip():
-            from lmlab.chat.personas import load_persona
+            from lmlab.data.personas import load_persona
 
             system = load_persona(persona).system
         session = ChatSession(self.engine.tokenizer, system=system.strip(),
@@ -110,7 +110,7 @@ def build_app(chat: WebChat, *, title: str) -> Any:
     """The Gradio Blocks page."""
     import gradio as gr
 
-    from lmlab.chat.personas import builtin_personas
+    from lmlab.data.personas import builtin_personas
 
     cfg = chat.cfg
     with gr.Blocks(title=f"lmlab chat — {title}", analytics_enabled=False) as demo:
@@ -162,7 +162,7 @@ def build_app(chat: WebChat, *, title: str) -> Any:
 def launch(cfg: WebConfig) -> dict[str, Any]:
     """Load the model and serve the page until Ctrl-C."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from lmlab.chat.personas import builtin_personas
+    from lmlab.data.personas import builtin_personas
 
     system, _ = system_prompt(cfg)  # a bad persona fails here, before the model loads
     if cfg.persona and cfg.persona not in builtin_personas():
