@@ -215,7 +215,10 @@ class RolloutSource:
 
     # loop contract ----------------------------------------------------------------------------
     def __len__(self) -> int:
-        return self.plan.micro_per_round
+        """Micro-batches of one pass over the prompt set (what `epochs` counts); rounds are fixed
+        by the plan, not by this number."""
+        per_round = self.plan.rollout_batch // self.plan.num_generations
+        return self.plan.micro_per_round * max(1, -(-len(self.prompts) // per_round))
 
     def bind(self, trainer: Any) -> None:
         self.trainer = trainer
