@@ -82,3 +82,21 @@ def test_chinese_char_smoke(tmp_path, monkeypatch):
     assert sft["val_ppl_tokens"] == "answer" and finite(sft["val_ppl"]) and finite(sft["val_ppl_all_tokens"])
     rouge = json.loads((tmp_path / "rouge" / "metrics.json").read_text())
     assert rouge["lang"] == "zh" and rouge["n"] == sft["val_examples"] and finite(rouge["rougeL"])
+
+
+@pytest.mark.slow
+@needs("instruct", "eval/mmlu", "eval/openbookqa", "eval/gsm8k")
+def test_sft_alpaca_smoke(tmp_path, monkeypatch, tiny_qwen2_dir):
+    run("recipes/sft-alpaca.yaml", tmp_path, monkeypatch, base={"model": str(tiny_qwen2_dir)})
+    masked = json.loads((tmp_path / "sft_masked" / "result.json").read_text())
+    unmasked = json.loads((tmp_path / "sft_unmasked" / "result.json").read_text())
+    # both scored on the same held-out answer tokens; all-token PPL beside it
+    assert masked["val_tokens_answer"] == unmasked["val_tokens_answer"] > 0
+    assert all(finite(r[k]) for r in (masked, unmasked) for k in ("val_ppl", "val_ppl_all_tokens"))
+    bench = json.loads((tmp_path / "bench" / "metrics.json").read_text())
+    assert len(bench) == 3  # before, masked, unmasked
+    for m in bench.values():
+        for task in ("mmlu", "openbookqa", "gsm8k"):
+            assert task in m
+    for stage in ("answers_masked", "answers_unmasked"):
+        assert finite(json.loads((tmp_path / stage / "metrics.json").read_text())["rougeL"])
