@@ -295,3 +295,16 @@ def test_align_storyworld_recipe_smoke(tmp_path):
         assert ("kl_ref" in result) == (stage in ("dpo", "ipo", "kto"))
     metrics = json.loads((out / "compare" / "metrics.json").read_text())
     assert set(metrics["judges"]) == {"gold", "rm"} and len(metrics["text"]) == 6
+
+
+@pytest.mark.parametrize("recipe", ["recipes/align-storyworld.yaml", "recipes/rm-dpo-preferences.yaml"])
+def test_alignment_recipes_plan_under_every_profile(recipe):
+    """Every stage of every profile is a valid command with valid keys (checked before any work)."""
+    from lmlab.config import load_yaml
+    from lmlab.recipes import plan
+
+    raw = load_yaml(recipe)
+    for scale in (None, *raw["profiles"]):
+        _, _, stages = plan(raw, source=recipe, scale=scale, overrides={}, out="/tmp/plan-only")
+        commands = {s.command for s in stages}
+        assert {"train dpo", "train kto", "train simpo", "train orpo", "eval compare"} <= commands
