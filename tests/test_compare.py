@@ -1,4 +1,5 @@
-"""Model-vs-model comparison: win rate, paired tests and outputs on stub generations and a stub judge."""
+"""Model-vs-model comparison: win rate, paired tests and outputs on stub generations and a stub judge,
+and once through the real path (two tiny checkpoints, greedy decoding, the gold judge, ppl_table)."""
 from __future__ import annotations
 
 import json
@@ -99,3 +100,52 @@ def test_config_needs_two_models():
 
     with pytest.raises(ConfigError, match="at least two models"):
         build(CompareConfig, {"model": "runs/a"})
+
+
+def test_two_real_models_through_the_real_path(tmp_path, tiny_qwen2_dir, model_dir):
+    """No stubs: two tiny checkpoints answer through `eval compare` with the gold judge and a ppl table.
+    Oracles: one-prompt-at-a-time HF greedy `generate` for the answers, the gold judge called directly
+    for the scores, HF's own causal-LM loss (exp of it) for each text's perplexity."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from chat_model import GreedyOracle
+    from lmlab.data.storyworld import gold_reward
+
+    prompts = ["Write a story about a girl named Mia at the park.", "Write a sad story about a dog.",
+               "Tell me about the red ball.", "What did Tom find?"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    texts = ["the cat ran to the park.", "mia found a red ball and she was happy.", "tom saw a big tree by the river."]
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = tmp_path / "cmp"
+    metrics = compare.run(CompareConfig(model=f"{tiny_qwen2_dir},{model_dir}", prompts=str(tmp_path / "prompts.txt"),
+                                        n=4, judge="gold", data=str(tmp_path / "texts.jsonl"), out=str(out),
+                                        max_new_tokens=12, device="cpu"))
+    labels = list(metrics["models"])
+    assert [metrics["models"][lb] for lb in labels] == [str(tiny_qwen2_dir), str(model_dir)]
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == prompts
+    gold: dict[str, list[float]] = {}
+    for label, folder in metrics["models"].items():
+        oracle = GreedyOracle(folder)
+        want = [oracle.reply(oracle.chat_prompt([{"role": "user", "content": p}]), 12) for p in prompts]
+        assert [r[f"answer_{label}"] for r in rows] == want, label
+        gold[label] = [gold_reward(p, a) for p, a in zip(prompts, want, strict=True)]
+        assert [r[f"gold_{label}"] for r in rows] == pytest.approx(gold[label])
+    assert any(r[f"answer_{labels[0]}"] != r[f"answer_{labels[1]}"] for r in rows)  # two different models
+    summary = metrics["judges"]["gold"]["models"]
+    assert summary[labels[0]]["mean"] == pytest.approx(sum(gold[labels[0]]) / 4)
+    wins = sum(1.0 if b > a else 0.5 if b == a else 0.0 for a, b in zip(gold[labels[0]], gold[labels[1]], strict=True))
+    assert summary[labels[1]]["win_rate"] == pytest.approx(wins / 4)
+    # ppl_table: every text scored from a BOS token, so exp(HF's mean token loss) is each text's perplexity
+    ppl = metrics["ppl"]
+    assert ppl["texts"] == texts and set(ppl["per_text"]) == set(labels)
+    for label, folder in metrics["models"].items():
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        for text, got in zip(texts, ppl["per_text"][label], strict=True):
+            ids = torch.tensor([[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]])
+            with torch.no_grad():
+                loss = model(input_ids=ids, labels=ids).loss
+            assert got == pytest.approx(math.exp(float(loss)), rel=1e-4), (label, text)
+    assert "## Perplexity per text" in (out / "samples.md").read_text()
