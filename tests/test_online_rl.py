@@ -104,6 +104,8 @@ def test_bad_input_is_refused_before_any_work(tiny_qwen2_dir, prompts_file, tmp_
         run_grpo(_grpo(tiny_qwen2_dir, prompts_file, tmp_path / "a", reward="storyworld:gld"))
     with pytest.raises(DataError, match=r"prompt 0 has \d+ tokens; with max_new_tokens=6 it needs max_length >= \d+ \(now 8\)"):
         run_grpo(_grpo(tiny_qwen2_dir, prompts_file, tmp_path / "b", max_length=8))
+    with pytest.raises(DataError, match=r"prompt 0 has \d+ tokens; .* needs more than the model's context of 256 positions"):
+        run_grpo(_grpo(tiny_qwen2_dir, prompts_file, tmp_path / "b2", max_length=1024, max_new_tokens=254))
     with pytest.raises(DataError, match=r"test_online_rl:one_value returned 1 values for \d+ completions: \[0.0\]"):
         run_grpo(_grpo(tiny_qwen2_dir, prompts_file, tmp_path / "c", reward="test_online_rl:one_value"))
 

@@ -125,7 +125,7 @@ def _kind_of(spec: str) -> str:
     return kind if kind in ("chat", "text", "labelled") else "chat"
 
 
-def load_prompt_items(cfg: OnlineRLConfig, tokenizer: Any) -> tuple[list[PromptItem], list[PromptItem]]:
+def load_prompt_items(cfg: OnlineRLConfig, tokenizer: Any, context: int | None = None) -> tuple[list[PromptItem], list[PromptItem]]:
     """(training prompts, held-out prompts for the evaluator), each checked against the context."""
     from lmlab.data.loaders import heldout_split, load_records
     from lmlab.data.split import split_train_val
@@ -144,7 +144,7 @@ def load_prompt_items(cfg: OnlineRLConfig, tokenizer: Any) -> tuple[list[PromptI
         train, held = records, []
     items = prompts_from_records(train, tokenizer, prompt_words=cfg.prompt_words)
     held_items = prompts_from_records(held, tokenizer, prompt_words=cfg.prompt_words)
-    check_prompt_lengths(items + held_items, tokenizer, cfg.max_length, cfg.max_new_tokens, cfg.data)
+    check_prompt_lengths(items + held_items, tokenizer, cfg.max_length, cfg.max_new_tokens, cfg.data, context)
     return items, held_items
 
 
@@ -220,7 +220,7 @@ def run_online(stage: str, cfg: OnlineRLConfig, *, resume: bool = False, force: 
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         log("warning: pad = eos; the stop token is masked like padding and the policy may never learn to stop "
             "(Huang et al. 2024, N+ detail 1); give the tokenizer a separate pad token")
-    items, held = load_prompt_items(cfg, tokenizer)
+    items, held = load_prompt_items(cfg, tokenizer, getattr(getattr(policy, "config", None), "max_position_embeddings", None))
     log(f"prompts {cfg.data}: {len(items)} train / {len(held)} held out; rewards: {', '.join(rewards.names)}")
     is_ppo = isinstance(cfg, PPOConfig)
     beta = cfg.kl_coef if is_ppo else cfg.beta  # type: ignore[attr-defined]

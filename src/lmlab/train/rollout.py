@@ -70,17 +70,23 @@ def prompts_from_records(records: Sequence[Any], tokenizer: Any, *, prompt_words
     return items
 
 
-def check_prompt_lengths(items: Sequence[PromptItem], tokenizer: Any, max_length: int, max_new_tokens: int, source: str) -> None:
-    """Prompt + completion must fit the context (`max_length`); say which prompt does not."""
-    budget = max_length - max_new_tokens
+def check_prompt_lengths(items: Sequence[PromptItem], tokenizer: Any, max_length: int, max_new_tokens: int, source: str,
+                         context: int | None = None) -> None:
+    """Prompt + completion must fit `max_length` and the model's own context (its position
+    embeddings); say which prompt does not, and what to change."""
+    limit = min(max_length, context) if context else max_length
+    what = f"max_length={max_length}" if limit == max_length else f"the model's context of {context} positions"
+    budget = limit - max_new_tokens
     if budget < 1:
-        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_length={max_length}; raise max_length")
+        raise ConfigError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {what}; lower max_new_tokens"
+                          + (" or raise max_length" if limit == max_length else ""))
     for i, item in enumerate(items):
         n = len(tokenizer(item.text, add_special_tokens=False)["input_ids"])
         if n > budget:
-            raise DataError(f"{source}: prompt {i} has {n} tokens; with max_new_tokens={max_new_tokens} it needs "
-                            f"max_length >= {n + max_new_tokens} (now {max_length}); raise max_length, lower "
-                            "max_new_tokens, or drop long prompts (limit=, prompt_words=)")
+            fix = f"max_length >= {n + max_new_tokens} (now {max_length})" if limit == max_length else f"more than {what}"
+            raise DataError(f"{source}: prompt {i} has {n} tokens; with max_new_tokens={max_new_tokens} it needs {fix}; "
+                            + ("raise max_length, " if limit == max_length else "")
+                            + "lower max_new_tokens, or use shorter prompts (limit=, prompt_words=)")
 
 
 # -- sampling ----------------------------------------------------------------------------------
