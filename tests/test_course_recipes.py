@@ -8,11 +8,28 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from lmlab.config import opt
+
 ROOT = Path(__file__).resolve().parents[1]
+CALLS: list[tuple[str, str]] = []
+
+
+@dataclass
+class EchoConfig:
+    """A stand-in command for the course machinery test."""
+
+    out: str = opt(help="run folder")
+    text: str = opt("hi", "what to echo")
+
+
+def echo(cfg: EchoConfig) -> dict:
+    CALLS.append((cfg.out, cfg.text))
+    return {"echoed": cfg.text}
 MIRROR = Path(os.environ.get("LMLAB_DATA_DIR") or ROOT.parent / "shared" / "data")
 
 
@@ -100,3 +117,58 @@ def test_sft_alpaca_smoke(tmp_path, monkeypatch, tiny_qwen2_dir):
             assert task in m
     for stage in ("answers_masked", "answers_unmasked"):
         assert finite(json.loads((tmp_path / stage / "metrics.json").read_text())["rougeL"])
+
+
+def test_course_plans_every_part_at_every_scale(tmp_path, monkeypatch):
+    """The course recipe: every part exists, has a smoke profile, and validates (before anything runs)."""
+    from lmlab.config import load_yaml
+    from lmlab.recipes import plan
+
+    monkeypatch.chdir(ROOT)
+    course = load_yaml(ROOT / "recipes" / "course.yaml")
+    names = []
+    for item in course["recipes"]:
+        path = ROOT / "recipes" / (item["recipe"] if isinstance(item, dict) else item)
+        recipe = load_yaml(path)
+        assert "smoke" in (recipe.get("profiles") or {}), path
+        name, root, stages = plan(recipe, source=str(path), scale="smoke", overrides={}, out=str(tmp_path / path.stem))
+        names.append(name)
+        assert stages and root == tmp_path / path.stem
+    assert {"ptb-three-models", "tinystories-scratch", "chinese-char", "rocstories", "sft-alpaca"} <= set(names)
+
+
+def test_a_course_runs_its_parts_and_writes_one_report(tmp_path, monkeypatch):
+    """A recipe of recipes: parts run into <out>/<part>/, ${course} and PART.STAGE overrides, one report."""
+    import yaml
+
+    from lmlab import cli
+    from lmlab.recipes import RunConfig, run_recipe
+
+    CALLS.clear()
+    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, cli.Command("test echo", f"{__name__}:EchoConfig", f"{__name__}:echo")])
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"name": "a", "stages": {"s": {"run": "test echo", "text": "x"}},
+                                                      "profiles": {"smoke": {"s": {"text": "small"}}}}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"name": "b", "stages": {"t": {"run": "test echo", "text": "y"}},
+                                                      "profiles": {"smoke": {}}}))
+    (tmp_path / "course.yaml").write_text(yaml.safe_dump({"name": "c", "recipes": [
+        "a.yaml", {"recipe": "b.yaml", "overrides": {"t": {"text": "${course}/a/s"}}}]}))
+    out = tmp_path / "run"
+    run_recipe(RunConfig(recipe=str(tmp_path / "course.yaml"), scale="smoke", out=str(out), overrides={"a": {"s": {"text": "cli"}}}))
+    assert [(str(out / "a" / "s"), "cli"), (str(out / "b" / "t"), f"{out}/a/s")] == CALLS
+    assert set(json.loads((out / "course.json").read_text())["seconds_per_part"]) == {"a", "b"}
+    md = (out / "report.md").read_text()
+    assert "a.s" in md and "b.t" in md  # one report over both parts' stages
+    with pytest.raises(Exception, match="unknown part"):
+        run_recipe(RunConfig(recipe=str(tmp_path / "course.yaml"), out=str(out), overrides={"zz": {"s": {"text": "q"}}}))
+
+
+
+@pytest.mark.slow
+@needs("tinystories", "wikitext-2")
+def test_tinystories_scratch_and_finetune_grid_smoke(tmp_path, monkeypatch):
+    run("recipes/tinystories-scratch.yaml", tmp_path, monkeypatch)
+    assert finite(json.loads((tmp_path / "pt" / "result.json").read_text())["val_ppl"])
+    grid = json.loads((tmp_path / "finetune" / "metrics.json").read_text())
+    assert [r["data_fraction"] for r in grid["rows"]] == [0.5, 1.0] and all(r["sample"] for r in grid["rows"])
+    assert len(grid["ppl_before"]) == 2 and all(finite(x) for v in grid["ppl_after"].values() for x in v)
+    assert "| held-out text | before |" in (tmp_path / "report.md").read_text(errors="replace")

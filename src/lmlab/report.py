@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -132,6 +133,11 @@ def find_stages(run_dir: Path) -> list[Stage]:
     if is_stage(run_dir):
         return [read_stage(run_dir)]
     folders = sorted((p for p in run_dir.iterdir() if is_stage(p)), key=_started)
+    if not folders:  # a course (a run of several recipes): every part's stages, named PART.STAGE
+        parts = [p for p in sorted(run_dir.iterdir()) if p.is_dir() and any(is_stage(q) for q in p.iterdir())]
+        folders = sorted((q for p in parts for q in p.iterdir() if is_stage(q)), key=_started)
+        if folders:
+            return [dataclasses.replace(read_stage(q), name=f"{q.parent.name}.{q.name}") for q in folders]
     if not folders:
         raise LmlabError(
             f"{run_dir}: no stage folders found (a stage folder holds one of {', '.join(ARTIFACTS)}); "
@@ -376,6 +382,9 @@ def _eval_table(stage: Stage, plots: Path) -> tuple[list[Block], Path | None]:
     is_ppl = bool(stage.eval) and all(isinstance(v, dict) and "per_text" in v for v in stage.eval.values())
     if (is_bench(stage.eval) or is_ppl) and (stage.path / "table.md").is_file():
         return markdown_blocks((stage.path / "table.md").read_text(encoding="utf-8"), max_rows=500), None
+    if "grid" in stage.eval and "rows" in stage.eval:  # lmlab ablate: its cell table (+ per-text PPL before/after)
+        tables = [stage.path / name for name in ("table.md", "ppl_table.md") if (stage.path / name).is_file()]
+        return [b for t in tables for b in markdown_blocks(t.read_text(encoding="utf-8"), max_rows=500)], None
     blocks: list[Block] = []
     chart = None
     tables, rest = eval_tables(stage.eval)

@@ -30,7 +30,7 @@ from lmlab.progress import log
 from lmlab.runs import RunDir, atomic_write_json
 
 REF = re.compile(r"\$\{([A-Za-z0-9_\-]+)\}")
-TOP_KEYS = ("name", "description", "out", "stages", "profiles")
+TOP_KEYS = ("name", "description", "out", "stages", "profiles", "recipes")
 # Stage names that imply their command when `run:` is omitted.
 IMPLIED = {"tokenizer": "tokenizer train", "report": "report"}
 
@@ -173,8 +173,46 @@ def execute(name: str, root: Path, stages: list[Stage], *, only: list[str], resu
 
 def run_recipe(cfg: RunConfig, *, resume: bool = False, force: bool = False) -> dict[str, Any]:
     recipe = load_yaml(cfg.recipe)
+    if "recipes" in recipe:
+        return run_course(cfg, recipe, resume=resume, force=force)
     name, root, stages = plan(recipe, source=cfg.recipe, scale=cfg.scale, overrides=cfg.overrides, out=cfg.out)
     return execute(name, root, stages, only=cfg.only, resume=resume, force=force)
+
+
+def run_course(cfg: RunConfig, course: dict[str, Any], *, resume: bool, force: bool) -> dict[str, Any]:
+    """A recipe of recipes (`recipes: [a.yaml, b.yaml]`, paths relative to the course file): each part
+    runs into `<out>/<part name>/` with the same `scale=`; overrides are `PART.STAGE.key=value`.
+    Every part is planned (validated) before the first runs; then one combined report of all parts.
+    """
+    from lmlab.report import ReportConfig, report
+
+    here = Path(cfg.recipe).parent
+    root = Path(cfg.out or course.get("out") or Path("runs") / str(course.get("name") or Path(cfg.recipe).stem))
+    parts = []
+    for item in course["recipes"] or []:
+        # a part is a file name, or {recipe: FILE, overrides: {STAGE: {key: value}}}; ${course} is the run root
+        item = item if isinstance(item, dict) else {"recipe": item}
+        path = here / str(item["recipe"])
+        sub = load_yaml(path)
+        name = str(sub.get("name") or path.stem)
+        # ${course} now; any other ${stage} stays for the part's own plan (so its "unknown" notes are dropped)
+        own = _substitute(item.get("overrides") or {}, {"course": root}, str(path), [])
+        overrides = merge(own, cfg.overrides.get(name, {}))
+        parts.append((name, *plan(sub, source=str(path), scale=cfg.scale, overrides=overrides, out=str(root / name))[1:]))
+    unknown = set(cfg.overrides) - {name for name, _, _ in parts}
+    if unknown:
+        raise ConfigError(f"{cfg.recipe}: overrides for unknown part(s) {', '.join(sorted(unknown))} "
+                          f"(parts: {', '.join(name for name, _, _ in parts)}); write PART.STAGE.key=value")
+    results, seconds, started = {}, {}, time.time()
+    for name, part_root, stages in parts:
+        t0 = time.time()
+        results[name] = execute(name, part_root, stages, only=cfg.only, resume=resume, force=force)
+        seconds[name] = round(time.time() - t0, 1)
+    atomic_write_json(root / "course.json", {"seconds_per_part": seconds, "seconds": round(time.time() - started, 1),
+                                             "scale": cfg.scale})
+    report(ReportConfig(run_dir=str(root)))
+    log(f"course: {len(parts)} parts in {time.time() - started:.0f}s → {root / 'report.html'}")
+    return results
 
 
 def quickstart_recipe() -> Path:

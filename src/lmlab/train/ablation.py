@@ -208,7 +208,7 @@ def _run_pt(cfg: AblationConfig, base: PretrainConfig, out: Path, *, resume: boo
     summary = {"stage": "pt", "grid": cfg.grid, "sample_prompt": prompt[0] if prompt else None, "rows": rows,
                "texts": texts, "ppl_before": before, "ppl_after": after}
     atomic_write_json(out / "metrics.json", summary)
-    atomic_write_text(out / "table.md", to_markdown(rows, prompt[0] if prompt else ""))
+    atomic_write_text(out / "table.md", to_markdown(rows, prompt[0] if prompt else "", {"val_ppl": "val ppl (all tokens)"}))
     atomic_write_text(out / "table.csv", to_csv(rows))
     if texts:
         atomic_write_text(out / "ppl_table.md", ppl_table(texts, before, after))
@@ -227,9 +227,9 @@ HEADERS = {"val_ppl": "val ppl (answer tokens)", "val_ppl_all_tokens": "val ppl 
            "val_loss": "val loss (answer tokens)"}
 
 
-def to_markdown(rows: list[dict[str, Any]], prompt: str) -> str:
+def to_markdown(rows: list[dict[str, Any]], prompt: str, headers: dict[str, str] = HEADERS) -> str:
     cols = list(rows[0])
-    lines = [f"Sample prompt: {prompt!r}", "", "| " + " | ".join(HEADERS.get(c, c) for c in cols) + " |",
+    lines = [f"Sample prompt: {prompt!r}", "", "| " + " | ".join(headers.get(c, c) for c in cols) + " |",
              "|" + "---|" * len(cols)]
     for r in rows:
         cells_ = [_fmt(r[c]).replace("|", "\\|").replace("\n", " ")[:160] for c in cols]
