@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Real datasets are read through the local-mirror variable; point it at your mirror.
 export LMLAB_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: quickstart test setup setup-dev browser lint clean
+.PHONY: quickstart test setup setup-dev browser lint clean reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ quickstart: setup
 
 test: setup-dev
 	$(BIN)/python -m pytest
+
+# docs/reliability.md's figures: bad-input corpus, kill harness (KILLS kills), 64-client load test
+KILLS ?= 20
+reliability: setup-dev
+	$(BIN)/python tests/reliability/figures.py kills=$(KILLS)
 
 lint: setup-dev
 	$(BIN)/ruff check src tests bench

@@ -6,8 +6,10 @@ batching, padding or streaming bug that changes a single token fails here.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -371,4 +373,126 @@ def test_20mb_body_in_flight_does_not_stall_health_or_other_clients(guarded):
     for _ in range(10):  # bodies under the limit but refused: parsed, then dropped
         assert httpx.post(url + "/v1/chat/completions", content=junk, timeout=60).status_code == 400
     time.sleep(0.5)
-    assert _rss_mb(proc.pid) <= base * 1.10, (base, _rss_mb(proc.pid))
+    after = _rss_mb(proc.pid)
+    figures = os.environ.get("LMLAB_RELIABILITY_FIGURES")  # tests/reliability/figures.py collects these
+    if figures:
+        Path(figures, "big_body.json").write_text(json.dumps({
+            "health_max_ms": 1000 * max(answers["health"]), "health_checks": len(answers["health"]),
+            "well_formed_answered": answers["ok"].count(200), "well_formed_sent": len(answers["ok"]),
+            "rss_before_mb": base, "rss_after_mb": after}))
+    assert after <= base * 1.10, (base, after)
+
+
+# -- the real server with a persona, an index and one generation slot ----------------------------------
+# (the in-process tests above swap the engine for a recorder; these run `lmlab serve` itself)
+
+WAIT_MS = 2000  # the batcher waits this long for company: a window in which the single slot is held
+
+
+@pytest.fixture(scope="module")
+def persona_rag_server(model_dir, tmp_path_factory):
+    from lmlab.chat.rag import IndexConfig, build_index
+
+    docs = tmp_path_factory.mktemp("serve_docs")
+    (docs / "vault.md").write_text("The Zorblax vault opens only with the password plumtree.\n")
+    (docs / "park.txt").write_text("Tom and Mia played with a red ball in the park near the river.\n")
+    build_index(IndexConfig(docs=[str(docs)], out=str(docs / "idx"), embedder="tfidf"))
+    proc, url = start_server(["serve", str(model_dir), "port=0", "name=tiny", "persona=pirate", f"rag={docs / 'idx'}",
+                              "max_concurrency=1", "max_queue=0", f"batch_wait_ms={WAIT_MS}", "threads=1"])
+    yield url, docs / "idx"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _expected(oracle, model_dir, index_dir, question: str, max_tokens: int) -> tuple[str, str, list[str]]:
+    """(prompt, reply, sources) the served answer must have: the persona's system prompt, the
+    retrieved reference block, then plain one-prompt HF greedy generate."""
+    from lmlab.chat.options import system_prompt
+    from lmlab.chat.rag import Index, augment_messages
+    from lmlab.chat.server import ServeConfig
+
+    cfg = ServeConfig(model=str(model_dir), persona="pirate", rag=str(index_dir))
+    system, _ = system_prompt(cfg)
+    hits = Index.load(index_dir).search(question, k=cfg.rag_top_k, threshold=cfg.rag_threshold)
+    prompt = oracle.chat_prompt(augment_messages([{"role": "system", "content": system},
+                                                  {"role": "user", "content": question}], hits))
+    return prompt, oracle.reply(prompt, max_tokens), [h.source for h in hits]
+
+
+@pytest.mark.slow  # its own server process (~20 s to start on 2 cores)
+def test_real_server_persona_and_rag_reach_the_model(persona_rag_server, model_dir, oracle):
+    from openai import OpenAI
+
+    url, index_dir = persona_rag_server
+    client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+    question = "What is the password of the Zorblax vault?"
+    prompt, reply, sources = _expected(oracle, model_dir, index_dir, question, 10)
+    assert "Captain Salt" in prompt and "plumtree" in prompt and sources[0].endswith("vault.md")  # the oracle's prompt
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": question}], max_tokens=10,
+                                       temperature=0)
+    assert r.choices[0].message.content == reply
+    assert r.usage.prompt_tokens == len(oracle.tok(prompt, add_special_tokens=False)["input_ids"])
+    assert [s["source"] for s in r.model_extra["sources"]] == sources
+    # nothing retrieved: the persona alone, no reference block, no sources
+    question = "How do I bake bread?"
+    prompt, reply, sources = _expected(oracle, model_dir, index_dir, question, 10)
+    assert sources == [] and "Reference documents" not in prompt
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": question}], max_tokens=10,
+                                       temperature=0)
+    assert r.choices[0].message.content == reply and r.model_extra["sources"] == []
+    assert r.usage.prompt_tokens == len(oracle.tok(prompt, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.slow  # its own server process (~20 s to start on 2 cores)
+def test_real_server_answers_429_while_its_one_slot_is_busy(persona_rag_server):
+    """max_concurrency=1, max_queue=0: while the first request holds the slot (the batcher waits
+    WAIT_MS for company), a second is refused with 429 queue_full; once it is done, the slot is free."""
+    import time
+
+    import openai
+    from openai import OpenAI
+
+    url, _ = persona_rag_server
+    client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "temperature": 0}
+    first: list = []
+    worker = threading.Thread(target=lambda: first.append(client.chat.completions.create(**body)))
+    started = time.monotonic()
+    worker.start()
+    time.sleep(WAIT_MS / 4000)
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(**body)
+    assert time.monotonic() - started < WAIT_MS / 1000  # refused inside the busy window, not after it
+    assert refused.value.status_code == 429 and refused.value.body["code"] == "queue_full"
+    worker.join(timeout=120)
+    assert first and first[0].choices[0].finish_reason in ("stop", "length")
+    again = client.chat.completions.create(**body)  # the slot was given back
+    assert again.choices[0].message.content == first[0].choices[0].message.content
+
+
+@pytest.mark.slow  # its own server process (~20 s to start on 2 cores)
+def test_real_server_refuses_a_prompt_over_the_context(persona_rag_server):
+    import openai
+    from openai import OpenAI
+
+    url, _ = persona_rag_server
+    client = OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
+    with pytest.raises(openai.BadRequestError) as err:  # the tiny model's context is 512 tokens
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=600)
+    assert err.value.status_code == 400 and err.value.body["code"] == "context_length_exceeded"
+    assert err.value.body["param"] == "messages"
+    assert re.search(r"context is 512 tokens; the prompt has (at least )?\d+ and max_tokens asks for 600",
+                     err.value.body["message"])
+    with pytest.raises(openai.BadRequestError) as err:  # a long prompt with a small max_tokens
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "the cat ran " * 200}],
+                                       max_tokens=8)
+    assert err.value.body["code"] == "context_length_exceeded" and "max_tokens asks for 8" in err.value.body["message"]
+
+
+def test_sampled_choices_differ(client):
+    """n=3 at a high temperature from a 300-token vocabulary: three identical replies would mean the
+    rows were not sampled independently (or not sampled at all)."""
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+                                       temperature=1.5, n=3)
+    texts = [c.message.content for c in r.choices]
+    assert len(set(texts)) == 3, texts

@@ -10,8 +10,8 @@ the final weights are bitwise equal, and no temporary folder is left.
 
 Kill points are set from outside lmlab (killpoints/sitecustomize.py, on PYTHONPATH of the child
 only). Seeded (LMLAB_RELIABILITY_SEED, default 0) so a failure reproduces; `LMLAB_RELIABILITY_KILLS`
-(default 20) sets how many kills in total. With LMLAB_RELIABILITY_REPORT=PATH the figures are
-written there as JSON (tests/reliability/figures.py reads them for docs/reliability.md).
+(default 20) sets how many kills in total. With LMLAB_RELIABILITY_FIGURES=DIR the figures are
+written to DIR/kills.json (tests/reliability/figures.py reads them for docs/reliability.md).
 """
 from __future__ import annotations
 
@@ -182,9 +182,9 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, tiny_tokenizer
                     tally.plans[k] = tally.plans.get(k, 0) + v
             else:
                 setattr(tally, key, getattr(tally, key) + value)
-    report = os.environ.get("LMLAB_RELIABILITY_REPORT")
-    if report:
-        Path(report).write_text(json.dumps(tally.__dict__, indent=1))
+    figures = os.environ.get("LMLAB_RELIABILITY_FIGURES")  # tests/reliability/figures.py collects these
+    if figures:
+        Path(figures, "kills.json").write_text(json.dumps(tally.__dict__, indent=1))
     print(json.dumps(tally.__dict__))
     assert tally.kills >= KILLS
     assert not tally.mismatches and not tally.unloadable and not tally.leftovers and not tally.half_finished, tally
