@@ -98,22 +98,24 @@ def write_tasks(root: Path) -> dict[str, str]:
     return names
 
 
+def run_folder(tmp_path_factory, model_dir: Path, stage: str) -> Path:
+    """The tiny model as a finished lmlab run of `stage` (its final/ and the stage marker)."""
+    run_dir = tmp_path_factory.mktemp("parity") / stage
+    shutil.copytree(model_dir, run_dir / "final")
+    (run_dir / ".lmlab-run").write_text(stage + "\n")
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def pt_run(tmp_path_factory, tiny_qwen2_dir):
-    """The tiny model as a finished lmlab pretraining run: chat_template=auto means plain prompts."""
-    run_dir = tmp_path_factory.mktemp("parity") / "pt"
-    shutil.copytree(tiny_qwen2_dir, run_dir / "final")
-    (run_dir / ".lmlab-run").write_text("pt\n")
-    return run_dir
+    """A pretraining run: chat_template=auto means plain prompts, as the harness's default."""
+    return run_folder(tmp_path_factory, tiny_qwen2_dir, "pt")
 
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_qwen2_dir):
-    """The same model as a finished SFT run: its tokenizer's ChatML template is used (chat_template=auto)."""
-    run_dir = tmp_path_factory.mktemp("parity") / "sft"
-    shutil.copytree(tiny_qwen2_dir, run_dir / "final")
-    (run_dir / ".lmlab-run").write_text("sft\n")
-    return run_dir
+    """An SFT run: its tokenizer's ChatML template is used (chat_template=auto)."""
+    return run_folder(tmp_path_factory, tiny_qwen2_dir, "sft")
 
 
 def harness(final: Path, tasks: list[str], root: Path, shots: int, add_bos_token: bool | None,
