@@ -16,8 +16,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from transformers import PreTrainedConfig
 
-from lmlab.models.rnn import PRESETS as RNN_PRESETS
-from lmlab.models.rnn import RecurrentClassifier, RecurrentLMBase
+# relative, not `lmlab.models.rnn`: saved beside the weights, this file must import without lmlab
+from .rnn import PRESETS as RNN_PRESETS
+from .rnn import RecurrentClassifier, RecurrentLMBase
 
 # Same widths and depths as the Elman RNN, so the three recurrent cells compare like for like.
 PRESETS: dict[str, dict] = RNN_PRESETS
@@ -103,3 +104,12 @@ class LSTMForSequenceClassification(RecurrentClassifier, LSTMForCausalLM):
 
 class GRUForSequenceClassification(RecurrentClassifier, GRUForCausalLM):
     """GRU with a scalar/label head (reward models)."""
+
+
+# Checkpoints carry this file and rnn.py, and config.json an `auto_map` (the hub's custom-code
+# convention): plain transformers loads them with trust_remote_code=True, lmlab not installed.
+for _cls, _auto in ((LSTMForCausalLM, "AutoModelForCausalLM"), (GRUForCausalLM, "AutoModelForCausalLM"),
+                    (LSTMForSequenceClassification, "AutoModelForSequenceClassification"),
+                    (GRUForSequenceClassification, "AutoModelForSequenceClassification")):
+    _cls.config_class.register_for_auto_class()
+    _cls.register_for_auto_class(_auto)

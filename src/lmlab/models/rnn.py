@@ -301,3 +301,11 @@ PRESETS: dict[str, dict] = {
     "base": {"hidden_size": 512, "num_hidden_layers": 2},
     "medium": {"hidden_size": 1024, "num_hidden_layers": 3},
 }
+
+
+# Checkpoints carry this file, and config.json an `auto_map` (the hub's custom-code convention):
+# plain transformers loads them with trust_remote_code=True, lmlab not installed. This module
+# therefore imports only torch and transformers.
+RNNConfig.register_for_auto_class()
+RNNForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+RNNForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
