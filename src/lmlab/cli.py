@@ -67,7 +67,8 @@ COMMANDS: list[Command] = [
     Command("report", "lmlab.report:ReportConfig", "lmlab.report:report", ("run_dir",),
             "Markdown + self-contained HTML report, plots, CSV/XLSX of a run folder"),
     Command("ablate", "lmlab.train.ablation:AblationConfig", "lmlab.train.ablation:run", (),
-            "grid of SFT runs (grid.epochs=[1,2] grid.data_fraction=[0.5,1]): held-out PPL + a sample per cell"),
+            "grid of SFT runs, or plain-text fine-tuning with stage=pt (grid.epochs=[1,2] grid.data_fraction=[0.5,1]): "
+            "held-out PPL (pt: per text, before/after) + a sample per cell"),
     Command("eval ppl", "lmlab.eval.perplexity:PerplexityConfig", "lmlab.eval.perplexity:run", (),
             "perplexity and bits per byte, per text or per set, one column per model (sliding windows)"),
     Command("eval gen", "lmlab.eval.text_metrics:GenMetricsConfig", "lmlab.eval.text_metrics:run", (),
