@@ -1,50 +1,86 @@
-"""SFT throughput and peak memory: lmlab (packed / padded) vs TRL `SFTTrainer`, same everything else.
+"""SFT throughput, CPU time, peak memory and MFU: lmlab vs a plain PyTorch loop vs TRL `SFTTrainer`.
 
-    .venv/bin/python bench/sft.py [steps=40 warmup=5 batch_size=8 max_length=256 n=2000 hidden=256 layers=4 rounds=1]
+    .venv/bin/python bench/sft.py [steps=24 warmup=4 rounds=3 batch_size=8 max_length=256 n=2000
+                                   hidden=256 layers=4 arch=small pad_to_multiple_of=0 arms=...]
+    .venv/bin/python bench/sft.py arch=qwen2.5-0.5b batch_size=16 max_length=512 pad_to_multiple_of=64   # GPU anchors
 
 Same model (a Qwen2 built locally and saved once, loaded by every arm from that folder), same
 tokenizer, same data (storyworld/instruct rendered once by `lmlab.data.chat`; TRL receives the
-ready `input_ids` + `labels` columns so both train on identical tokens and masks), same batch
-size, max length, steps, learning rate, AdamW, fp32 on CPU (bf16 on a GPU), sdpa attention.
+ready `input_ids` + `labels` columns so every arm trains on identical tokens and masks), same batch
+size, max length, steps, learning rate, AdamW, clipping at 1.0, fp32 on CPU (fp32 weights + bf16
+autocast on a GPU), sdpa attention. `arch=qwen2.5-0.5b` builds the Qwen2.5-0.5B architecture
+(896 wide, 24 layers, 14 heads / 2 KV heads, vocabulary 151,936) with random weights.
 
-Each arm runs in its own subprocess so peak memory is its own. Timing excludes `warmup` steps
-and counts real (non-pad) tokens, measured the same way for every arm: a forward pre-hook on the
-model counts `input_ids != pad` and stamps the wall and process CPU time of each training forward
-(tokens per CPU-second is the steadier figure on a shared machine; `rounds=N` repeats every arm
-in alternating order and reports medians). Peak memory: RSS
-sampled every 5 ms by a thread (CPU), `torch.cuda.max_memory_allocated` (GPU); reported as the
-peak and as the peak above the RSS after the model was loaded.
+Arms (`arms=` picks some; each runs in its own process per round, so its peak memory is its own):
+- `lmlab_padded` / `lmlab_packed`: `Trainer(model, lm_step, PaddedBatches | PackedBatches)`, what
+  `lmlab train sft` runs (packed = padding-free rows of <= max_length, `packing=true`);
+- `plain_padded` / `plain_packed`: the simplest correct hand-written loop on the *same* micro-batches
+  (same examples in the same order, the plan taken from lmlab's batch source): its own collation
+  (`pad_sequence` / `torch.cat`), forward, token-mean cross-entropy over the reply tokens,
+  backward, clip, AdamW, cosine schedule; nothing else;
+- `trl_padded` (no packing, gradient checkpointing off like lmlab), `trl_packed` (`packing=True`:
+  BFD, padding-free), `trl_defaults` (padded, gradient checkpointing on: TRL's default; not in the
+  default arm list).
 
-Arms: lmlab packed (padding-free rows, `packing=true`), lmlab padded, TRL padded (no packing,
-gradient checkpointing off like lmlab), TRL packed (`packing=True`: BFD, padding-free, one
-flattened row per batch) and TRL defaults (padded with gradient checkpointing on, TRL's default).
-Prints one JSON object. Headline: `tokens_per_s_vs_trl` / `peak_mem_vs_trl` = lmlab packed vs TRL
-padded (identical settings but packing); `_vs_trl_packed`, `_vs_trl_defaults`, `_vs_trl_padded`
-(lmlab padded vs TRL padded: the loop alone) are the other comparisons.
+Timing: the shared forward pre-hook `common.Meter` stamps the wall clock, the process CPU time
+(user + sys) and the real (non-pad) tokens of every training forward; `warmup` steps are not
+timed. `rounds` rounds, arms in rotation, median with min/max (see `common.run_rounds`).
+`first_step_s` is the single-pass figure (the first step, cold); tokens/s is the steady one.
+MFU = 6 · N · real tokens/s / peak, N = parameters in matrix products (all but an untied input
+embedding; the tied embedding counts once, as the LM head), the peak measured once by a timed
+matmul in the training dtype (`common.peak_flops`).
+
+Prints a table, then one JSON object. Ratios (`<what>_vs_<baseline>`): `tokens_per_s_vs_plain`
+(lmlab padded vs plain padded: the loop alone), `tokens_per_s_packed_vs_plain_packed`,
+`tokens_per_s_vs_trl` and `peak_mem_vs_trl` (best lmlab arm vs best TRL arm, by tokens/s),
+`tokens_per_s_vs_trl_padded` (padded vs padded), `plain_tokens_per_s_vs_trl`, and the same with
+`tokens_per_cpu_s`.
 """
 from __future__ import annotations
 
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
-DEFAULTS: dict[str, Any] = {"steps": 40, "warmup": 5, "batch_size": 8, "max_length": 256, "n": 2000, "hidden": 256,
-                            "layers": 4, "vocab_size": 2048, "lr": 3e-4, "seed": 0}
-ARMS = ("lmlab_packed", "lmlab_padded", "trl_padded", "trl_packed", "trl_defaults")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Meter, emit, machine, matmul_params, medians, mfu, options, peak_flops, run_rounds, table
+
+__all__ = ["Meter"]  # bench/align.py and bench/rl.py import it from here
+
+DEFAULTS: dict[str, Any] = {"steps": 24, "warmup": 4, "rounds": 3, "batch_size": 8, "max_length": 256, "n": 2000,
+                            "hidden": 256, "layers": 4, "vocab_size": 2048, "arch": "small", "pad_to_multiple_of": 0,
+                            "lr": 3e-4, "seed": 0, "arms": "lmlab_padded,plain_padded,trl_padded,lmlab_packed,plain_packed,trl_packed"}
+ARMS = ("lmlab_padded", "lmlab_packed", "plain_padded", "plain_packed", "trl_padded", "trl_packed", "trl_defaults")
+
+# The Qwen2.5-0.5B architecture (its config.json), built with random weights for the GPU anchors.
+QWEN25_05B = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+              "num_key_value_heads": 2, "vocab_size": 151936, "rope_theta": 1e6, "rms_norm_eps": 1e-6,
+              "max_position_embeddings": 32768, "tie_word_embeddings": True}
 
 
 # -- shared setup (parent) -------------------------------------------------------------------------
-def prepare(opts: dict[str, Any], root: Path) -> None:
-    """Tokenizer, model folder and the rendered dataset, written once for every arm."""
+def model_config(opts: dict[str, Any], tok: Any) -> Any:
+    from transformers import Qwen2Config
+
+    special = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    if opts["arch"] == "qwen2.5-0.5b":
+        return Qwen2Config(**QWEN25_05B, **special)
+    if opts["arch"] != "small":
+        raise SystemExit(f"arch={opts['arch']}: use small (hidden=, layers=) or qwen2.5-0.5b")
+    h = opts["hidden"]
+    return Qwen2Config(vocab_size=len(tok), hidden_size=h, intermediate_size=3 * h, num_hidden_layers=opts["layers"],
+                       num_attention_heads=max(1, h // 64), num_key_value_heads=max(1, h // 128),
+                       max_position_embeddings=opts["max_length"] * 8, tie_word_embeddings=True, **special)
+
+
+def prepare(opts: dict[str, Any], root: Path) -> int:
+    """Tokenizer, model folder and the rendered dataset, written once for every arm; returns N (matmul params)."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     from lmlab.data.chat import encode_dataset
     from lmlab.data.loaders import load_records, load_texts
@@ -52,80 +88,23 @@ def prepare(opts: dict[str, Any], root: Path) -> None:
 
     records = load_records("storyworld/instruct", "chat", limit=opts["n"])
     tok = train_tokenizer(load_texts("storyworld/pretrain", limit=2000), vocab_size=opts["vocab_size"], out=root / "model")
-    h = opts["hidden"]
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=h, intermediate_size=3 * h, num_hidden_layers=opts["layers"],
-                      num_attention_heads=max(1, h // 64), num_key_value_heads=max(1, h // 128),
-                      max_position_embeddings=opts["max_length"] * 8, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(opts["seed"])
-    Qwen2ForCausalLM(cfg).save_pretrained(root / "model")
+    model = Qwen2ForCausalLM(model_config(opts, tok))
+    model.save_pretrained(root / "model")
     examples, stats = encode_dataset(tok, records, max_length=opts["max_length"])
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (root / "stats.json").write_text(json.dumps(stats.as_dict()))
+    return matmul_params(model)
 
 
-# -- measurement (child) ---------------------------------------------------------------------------
-class Meter:
-    """Forward pre-hook: per training forward, real tokens and a start time; RSS sampler thread."""
-
-    def __init__(self, model: Any, pad_id: int):
-        import psutil
-        import torch
-
-        self.pad_id = pad_id
-        self.stamps: list[tuple[float, int]] = []
-        self.proc = psutil.Process()
-        self.base_rss = self.proc.memory_info().rss
-        self.peak_rss = self.base_rss
-        self._stop = False
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        model.register_forward_pre_hook(self._hook, with_kwargs=True)
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None and module.training:
-            self.stamps.append((time.perf_counter(), time.process_time(), int((ids != self.pad_id).sum())))
-
-    def _sample(self) -> None:
-        while not self._stop:
-            self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-            time.sleep(0.005)
-
-    def report(self, warmup: int) -> dict[str, Any]:
-        import torch
-
-        self._stop = True
-        self._thread.join()
-        times = [t for t, _, _ in self.stamps]
-        cpu = [c for _, c, _ in self.stamps]
-        tokens = [n for _, _, n in self.stamps]
-        if len(times) < warmup + 2:
-            raise RuntimeError(f"only {len(times)} training forwards recorded")
-        # steps warmup .. last-1: from the start of step `warmup` to the start of the last step
-        span = times[-1] - times[warmup]
-        cpu_span = cpu[-1] - cpu[warmup]
-        real = sum(tokens[warmup:-1])
-        out = {"tokens_per_s": real / span, "tokens_per_cpu_s": real / cpu_span,
-               "s_per_step": span / (len(times) - 1 - warmup), "real_tokens": real,
-               "steps_timed": len(times) - 1 - warmup, "peak_rss_mb": self.peak_rss / 2**20,
-               "peak_rss_above_model_mb": (self.peak_rss - self.base_rss) / 2**20}
-        if self.cuda:
-            out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        return out
-
-
+# -- arms (child) ----------------------------------------------------------------------------------
 def _load(root: Path) -> tuple[Any, Any, list[dict[str, Any]]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(root / "model")
-    dtype = torch.float32
-    model = AutoModelForCausalLM.from_pretrained(root / "model", attn_implementation="sdpa", dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(root / "model", attn_implementation="sdpa", dtype=torch.float32)
     model.config.use_cache = False
     if torch.cuda.is_available():
         model = model.cuda()
@@ -133,9 +112,18 @@ def _load(root: Path) -> tuple[Any, Any, list[dict[str, Any]]]:
     return model, tok, rows
 
 
-def run_lmlab(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
+def _source(rows: list[dict[str, Any]], opts: dict[str, Any], pad_id: int, packed: bool) -> Any:
     from lmlab.data.chat import EncodedExample
     from lmlab.data.collate import PackedBatches, PaddedBatches
+
+    examples = [EncodedExample(r["input_ids"], r["labels"]) for r in rows]
+    bs, ml = opts["batch_size"], opts["max_length"]
+    if packed:
+        return PackedBatches(examples, bs, pad_id, ml, seed=opts["seed"])
+    return PaddedBatches(examples, bs, pad_id, seed=opts["seed"], pad_to_multiple_of=opts["pad_to_multiple_of"] or None)
+
+
+def run_lmlab(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
     from lmlab.runs import RunDir
     from lmlab.train.config import SFTConfig
     from lmlab.train.steps import lm_step
@@ -143,15 +131,65 @@ def run_lmlab(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
 
     model, tok, rows = _load(root)
     meter = Meter(model, tok.pad_token_id)
-    examples = [EncodedExample(r["input_ids"], r["labels"]) for r in rows]
-    bs, ml = opts["batch_size"], opts["max_length"]
-    src = (PackedBatches(examples, bs, tok.pad_token_id, ml, seed=opts["seed"]) if packed
-           else PaddedBatches(examples, bs, tok.pad_token_id, seed=opts["seed"]))
-    cfg = SFTConfig(model=str(root / "model"), max_steps=opts["steps"], batch_size=bs, max_length=ml, lr=opts["lr"],
-                    warmup_steps=0, log_every=10**9, keep_best=False, save_every=0, weight_decay=0.0,
-                    precision="auto", clip_grad=1.0)
+    src = _source(rows, opts, tok.pad_token_id, packed)
+    cfg = SFTConfig(model=str(root / "model"), max_steps=opts["steps"], batch_size=opts["batch_size"],
+                    max_length=opts["max_length"], lr=opts["lr"], warmup_steps=0, log_every=10**9, keep_best=False,
+                    save_every=0, weight_decay=0.0, precision="auto", clip_grad=1.0)
     out = Path(tempfile.mkdtemp(prefix="lmlab-bench-"))
     Trainer(model, lm_step, src, cfg, RunDir(out / "run")).fit()
+    return meter.report(opts["warmup"])
+
+
+def run_plain(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
+    """The hand-written baseline on the same micro-batches as lmlab (the plan is lmlab's; the
+    collation, loss and update are written here as one would by hand)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.utils.rnn import pad_sequence
+
+    model, tok, rows = _load(root)
+    meter = Meter(model, tok.pad_token_id)
+    device = next(model.parameters()).device
+    pad, mult = tok.pad_token_id, opts["pad_to_multiple_of"]
+    data = [(torch.tensor(r["input_ids"]), torch.tensor(r["labels"])) for r in rows]
+    src = _source(rows, opts, pad, packed)
+    plan = [src.plan(i // len(src))[i % len(src)] for i in range(opts["steps"])]
+
+    def padded(idx: list[int]) -> dict[str, torch.Tensor]:
+        ids = pad_sequence([data[i][0] for i in idx], batch_first=True, padding_value=pad)  # (B, T)
+        labels = pad_sequence([data[i][1] for i in idx], batch_first=True, padding_value=-100)  # (B, T)
+        mask = pad_sequence([torch.ones_like(data[i][0]) for i in idx], batch_first=True)  # (B, T)
+        if mult and ids.size(1) % mult:
+            extra = mult - ids.size(1) % mult
+            ids, labels, mask = F.pad(ids, (0, extra), value=pad), F.pad(labels, (0, extra), value=-100), F.pad(mask, (0, extra))
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def packed_rows(row_ids: list[int]) -> dict[str, torch.Tensor]:
+        rows_ = [src.rows[r] for r in row_ids]
+        # the first token of each packed example is not a target (it would be predicted from the previous example)
+        ids = [torch.cat([data[i][0] for i in row]) for row in rows_]
+        labels = [torch.cat([F.pad(data[i][1][1:], (1, 0), value=-100) for i in row]) for row in rows_]
+        pos = [torch.cat([torch.arange(len(data[i][0])) for i in row]) for row in rows_]
+        return {"input_ids": pad_sequence(ids, batch_first=True, padding_value=pad),
+                "labels": pad_sequence(labels, batch_first=True, padding_value=-100),
+                "position_ids": pad_sequence(pos, batch_first=True)}  # pad tail: positions 0 = one-token segments
+
+    collate = packed_rows if packed else padded
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], betas=(0.9, 0.95), weight_decay=0.0, fused=cuda)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts["steps"], eta_min=0.1 * opts["lr"])
+    model.train()
+    for idx in plan:
+        batch = {k: v.to(device) for k, v in collate(idx).items()}
+        labels = batch.pop("labels")
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = model(**batch).logits  # (B, T, V)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
     return meter.report(opts["warmup"])
 
 
@@ -169,7 +207,7 @@ def run_trl(root: Path, opts: dict[str, Any], packed: bool, checkpointing: bool 
         max_length=opts["max_length"], learning_rate=opts["lr"], lr_scheduler_type="cosine", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, logging_steps=10**9, save_strategy="no", report_to=[],
         packing=packed, seed=opts["seed"], dataloader_num_workers=0, bf16=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=True, pad_to_multiple_of=opts["pad_to_multiple_of"] or None,
         gradient_checkpointing=checkpointing,  # TRL's own default is True; lmlab's is False
     )
     SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok).train()
@@ -179,63 +217,80 @@ def run_trl(root: Path, opts: dict[str, Any], packed: bool, checkpointing: bool 
 def child(arm: str, root: Path, opts: dict[str, Any]) -> None:
     os.environ.setdefault("LMLAB_QUIET", "1")
     runs = {"lmlab_packed": lambda: run_lmlab(root, opts, True), "lmlab_padded": lambda: run_lmlab(root, opts, False),
+            "plain_packed": lambda: run_plain(root, opts, True), "plain_padded": lambda: run_plain(root, opts, False),
             "trl_padded": lambda: run_trl(root, opts, False), "trl_packed": lambda: run_trl(root, opts, True),
             "trl_defaults": lambda: run_trl(root, opts, False, checkpointing=True)}
     print("RESULT " + json.dumps(runs[arm]()))
 
 
 # -- driver ----------------------------------------------------------------------------------------
-def main(argv: list[str]) -> None:
-    from lmlab.config import parse_overrides
+def best(arms: dict[str, dict[str, Any]], prefix: str) -> str | None:
+    """The arm named `prefix_*` with the most real tokens/s (median)."""
+    named = [a for a in arms if a.startswith(prefix + "_")]
+    return max(named, key=lambda a: arms[a]["tokens_per_s"]) if named else None
 
+
+def ratios(arms: dict[str, dict[str, Any]], mem: str) -> dict[str, float]:
+    """`<what>_vs_<baseline>` for the pairs present among `arms`."""
+    out: dict[str, float] = {}
+
+    def pair(a: str | None, b: str | None, name: str) -> None:
+        if a in arms and b in arms:
+            out[f"tokens_per_s_{name}"] = arms[a]["tokens_per_s"] / arms[b]["tokens_per_s"]
+            out[f"tokens_per_cpu_s_{name}"] = arms[a]["tokens_per_cpu_s"] / arms[b]["tokens_per_cpu_s"]
+            out[f"peak_mem_{name}"] = arms[a][mem] / arms[b][mem]
+
+    lm, trl = best(arms, "lmlab"), best(arms, "trl")
+    pair("lmlab_padded", "plain_padded", "vs_plain")
+    pair("lmlab_packed", "plain_packed", "packed_vs_plain_packed")
+    pair(lm, trl, "vs_trl")
+    pair("lmlab_padded", "trl_padded", "vs_trl_padded")
+    pair("lmlab_packed", "trl_packed", "packed_vs_trl_packed")
+    pair("lmlab_packed", "trl_defaults", "vs_trl_defaults")
+    pair(best(arms, "plain"), trl, "plain_vs_trl")
+    if "tokens_per_s_plain_vs_trl" in out:  # named as the issue reads it: the plain loop's speed-up over TRL
+        out["plain_tokens_per_s_vs_trl"] = out.pop("tokens_per_s_plain_vs_trl")
+        out["plain_tokens_per_cpu_s_vs_trl"] = out.pop("tokens_per_cpu_s_plain_vs_trl")
+        out["plain_peak_mem_vs_trl"] = out.pop("peak_mem_plain_vs_trl")
+    return out
+
+
+def main(argv: list[str]) -> None:
     if argv and argv[0] == "--child":
         child(argv[1], Path(argv[2]), json.loads(argv[3]))
         return
-    opts = {**DEFAULTS, **parse_overrides(argv)}
-    arms = str(opts.pop("arms", ",".join(ARMS))).split(",")
-    root = Path(tempfile.mkdtemp(prefix="bench-sft-"))
-    prepare(opts, root)
-    rounds = int(opts.pop("rounds", 1))
-    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
-    for r in range(rounds):
-        # alternate the order every round so a slow drift in machine load hits every arm alike
-        for arm in (arms if r % 2 == 0 else arms[::-1]):
-            proc = subprocess.run([sys.executable, __file__, "--child", arm, str(root), json.dumps(opts)],
-                                  capture_output=True, text=True, env={**os.environ, "LMLAB_QUIET": "1"})
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                raise SystemExit(f"arm {arm} failed (exit {proc.returncode})")
-            runs[arm].append(json.loads(line[len("RESULT "):]))
-            print(f"round {r}: {arm}: {runs[arm][-1]['tokens_per_s']:.0f} tok/s, "
-                  f"{runs[arm][-1]['tokens_per_cpu_s']:.0f} tok/cpu-s, peak RSS {runs[arm][-1]['peak_rss_mb']:.0f} MB",
-                  file=sys.stderr)
-    # per arm: the median of each figure over rounds (robust to one disturbed run)
-    results = {arm: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for arm, rs in runs.items()}
-    mem = "peak_cuda_mb" if "peak_cuda_mb" in results.get(arms[0], {}) else "peak_rss_mb"
-    summary: dict[str, Any] = {"config": opts, "data": json.loads((root / "stats.json").read_text()),
-                               "device": "cuda" if mem == "peak_cuda_mb" else "cpu", "memory_metric": mem,
-                               "rounds": rounds, "arms": results}
-    def ratio(a: str, b: str, key: str) -> float:
-        return results[a][key] / results[b][key]
+    opts = options(DEFAULTS, argv)
+    arms = [a for a in str(opts["arms"]).split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"unknown arm(s) {', '.join(unknown)} (arms: {', '.join(ARMS)})")
+    import torch
 
-    if "lmlab_packed" in results and "trl_padded" in results:
-        summary["tokens_per_s_vs_trl"] = results["lmlab_packed"]["tokens_per_s"] / results["trl_padded"]["tokens_per_s"]
-        summary["peak_mem_vs_trl"] = results["lmlab_packed"][mem] / results["trl_padded"][mem]
-        summary["tokens_per_cpu_s_vs_trl"] = ratio("lmlab_packed", "trl_padded", "tokens_per_cpu_s")
-    if "lmlab_packed" in results and "trl_defaults" in results:
-        summary["tokens_per_s_vs_trl_defaults"] = ratio("lmlab_packed", "trl_defaults", "tokens_per_s")
-        summary["tokens_per_cpu_s_vs_trl_defaults"] = ratio("lmlab_packed", "trl_defaults", "tokens_per_cpu_s")
-        summary["peak_mem_vs_trl_defaults"] = ratio("lmlab_packed", "trl_defaults", mem)
-    if "lmlab_packed" in results and "trl_packed" in results:
-        summary["tokens_per_s_vs_trl_packed"] = results["lmlab_packed"]["tokens_per_s"] / results["trl_packed"]["tokens_per_s"]
-        summary["peak_mem_vs_trl_packed"] = results["lmlab_packed"][mem] / results["trl_packed"][mem]
-        summary["tokens_per_cpu_s_vs_trl_packed"] = ratio("lmlab_packed", "trl_packed", "tokens_per_cpu_s")
-    if "lmlab_padded" in results and "trl_padded" in results:
-        summary["tokens_per_s_vs_trl_padded"] = results["lmlab_padded"]["tokens_per_s"] / results["trl_padded"]["tokens_per_s"]
-        summary["peak_mem_vs_trl_padded"] = results["lmlab_padded"][mem] / results["trl_padded"][mem]
-        summary["tokens_per_cpu_s_vs_trl_padded"] = ratio("lmlab_padded", "trl_padded", "tokens_per_cpu_s")
-    print(json.dumps(summary, indent=None))
+    cuda = torch.cuda.is_available()
+    root = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    n_params = prepare(opts, root)
+    peak, peak_source = peak_flops(torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32)
+    runs = run_rounds(__file__, arms, int(opts["rounds"]), [str(root), json.dumps(opts)],
+                      lambda r: f"{r['tokens_per_s']:.0f} tok/s, {r['tokens_per_cpu_s']:.0f} tok/cpu-s, "
+                                f"peak RSS {r['peak_rss_mb']:.0f} MB, load {r['load_avg_1m']:.1f}")
+    results = {arm: medians(rs, spread=("tokens_per_s", "tokens_per_cpu_s", "load_avg_1m")) for arm, rs in runs.items()}
+    mem = "peak_cuda_mb" if cuda else "peak_rss_mb"
+    for r in results.values():
+        r["mfu"] = mfu(n_params, r["tokens_per_s"], peak)
+    summary: dict[str, Any] = {"config": opts, "data": json.loads((root / "stats.json").read_text()),
+                               "machine": machine(), "device": "cuda" if cuda else "cpu", "memory_metric": mem,
+                               "precision": "fp32 weights + bf16 autocast" if cuda else "fp32",
+                               "matmul_params": n_params, "peak_flops": peak, "peak_source": peak_source,
+                               "arms": results, **ratios(results, mem)}
+    rows = [{"arm": arm, "tok/s": r["tokens_per_s"], "min": r["tokens_per_s_min"], "max": r["tokens_per_s_max"],
+             "tok/cpu-s": r["tokens_per_cpu_s"], "first step s": r["first_step_s"], f"{mem}": r[mem],
+             "mfu": r["mfu"], "load": r["load_avg_1m"]} for arm, r in results.items()]
+    print(f"SFT, {summary['device']} {summary['precision']}, N = {n_params:,} matmul params, peak {peak:.3g} FLOP/s "
+          f"({peak_source}); median of {opts['rounds']} rounds, {opts['steps']} steps ({opts['warmup']} not timed), "
+          f"batch {opts['batch_size']}, max_length {opts['max_length']}")
+    print(table(rows, ["arm", "tok/s", "min", "max", "tok/cpu-s", "first step s", mem, "mfu", "load"]))
+    print("  ".join(f"{k} {v:.3f}" for k, v in summary.items() if "_vs_" in k))
+    emit(summary)
 
 
 if __name__ == "__main__":

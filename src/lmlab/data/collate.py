@@ -128,9 +128,10 @@ class PaddedBatches(_EpochSource):
 
     def __init__(
         self, examples: Sequence[Example], batch_size: int, pad_id: int, *, seed: int = 0,
-        group_by_length: bool = False, mega: int = 50, drop_last: bool = False,
+        group_by_length: bool = False, mega: int = 50, drop_last: bool = False, pad_to_multiple_of: int | None = None,
     ):
         super().__init__(seed)
+        self.pad_to_multiple_of = pad_to_multiple_of  # bucketed widths: fewer distinct shapes (GPU kernels, compile)
         if not examples:
             raise ValueError("no examples")
         self.examples = list(examples)
@@ -161,7 +162,7 @@ class PaddedBatches(_EpochSource):
         return batches
 
     def get(self, index: int) -> dict[str, Tensor]:
-        return pad_collate([self.examples[i] for i in self._batch_indices(index)], self.pad_id)
+        return pad_collate([self.examples[i] for i in self._batch_indices(index)], self.pad_id, self.pad_to_multiple_of)
 
 
 class PackedBatches(_EpochSource):
