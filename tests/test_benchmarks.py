@@ -162,6 +162,25 @@ def test_gsm8k_exact_match_with_a_generator_stub(mirror):
     assert not same_answer("18.00", "18")
 
 
+def test_bos_prefix_follows_the_tokenizer_like_the_harness(tiny_tokenizer_dir):
+    """auto = what the tokenizer adds itself (a Llama-style one adds BOS, ours nothing); true adds
+    BOS to any; false never; a text already starting with the BOS text gets no second one."""
+    from transformers import AutoTokenizer
+
+    from lmlab.eval.benchmarks import encode, prefix_used
+
+    plain = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    llama_like = AutoTokenizer.from_pretrained(tiny_tokenizer_dir, add_bos_token=True)  # adds <|endoftext|> itself
+    bos = plain.bos_token_id
+    bare = plain("the cat", add_special_tokens=False)["input_ids"]
+    assert encode(plain, ["the cat"], "auto") == [bare] and prefix_used(plain, "auto") == "none"
+    assert encode(llama_like, ["the cat"], "auto") == [[bos, *bare]] and prefix_used(llama_like, "auto") == "<|endoftext|>"
+    assert encode(plain, ["the cat"], True) == [[bos, *bare]] and prefix_used(plain, True) == "<|endoftext|>"
+    assert encode(llama_like, ["the cat"], False) == [bare] and prefix_used(llama_like, False) == "none"
+    assert encode(llama_like, ["<|endoftext|>the cat"], "auto") == [[bos, *bare]]
+    assert encode(plain, ["<|endoftext|>the cat"], True) == [[bos, *bare]]
+
+
 class LogitLM(torch.nn.Module):
     def __init__(self, fn):
         super().__init__()

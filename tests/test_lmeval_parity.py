@@ -118,6 +118,16 @@ def sft_run(tmp_path_factory, tiny_qwen2_dir):
     return run_folder(tmp_path_factory, tiny_qwen2_dir, "sft")
 
 
+@pytest.fixture(scope="module")
+def llama_like_run(tmp_path_factory, tiny_qwen2_dir):
+    """A pretraining run whose tokenizer adds BOS itself (as Llama's does): both sides prefix it by default."""
+    from transformers import AutoTokenizer
+
+    run_dir = run_folder(tmp_path_factory, tiny_qwen2_dir, "pt")
+    AutoTokenizer.from_pretrained(tiny_qwen2_dir, add_bos_token=True).save_pretrained(run_dir / "final")
+    return run_dir
+
+
 def harness(final: Path, tasks: list[str], root: Path, shots: int, add_bos_token: bool | None,
             chat: bool = False) -> dict:
     from lm_eval import simple_evaluate
@@ -138,9 +148,14 @@ def lmlab(run_dir: Path, tasks: str, out: Path, shots: int, add_bos: str) -> dic
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("add_bos", "add_bos_token"), [("auto", None), (True, True)])
-def test_multiple_choice_equals_the_harness(pt_run, tmp_path, monkeypatch, add_bos, add_bos_token):
-    """Zero-shot, every multiple-choice format: the default (no BOS, as the harness's default) and BOS first."""
+@pytest.mark.parametrize(("folder", "add_bos", "add_bos_token", "prefix"), [
+    ("pt_run", "auto", None, "none"),  # the defaults: this tokenizer adds nothing, so no BOS
+    ("pt_run", True, True, "<|endoftext|>"),  # BOS asked for on both sides
+    ("llama_like_run", "auto", None, "<|endoftext|>"),  # the defaults, with a tokenizer that adds BOS itself
+])
+def test_multiple_choice_equals_the_harness(request, tmp_path, monkeypatch, folder, add_bos, add_bos_token, prefix):
+    """Zero-shot, every multiple-choice format, with and without a BOS token first."""
+    pt_run = request.getfixturevalue(folder)
     monkeypatch.setenv("LMLAB_DATA_DIR", str(FIXTURES))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     names = write_tasks(tmp_path)
@@ -155,7 +170,7 @@ def test_multiple_choice_equals_the_harness(pt_run, tmp_path, monkeypatch, add_b
             assert ours[task]["acc_norm"] == pytest.approx(result["acc_norm,none"]), task
         for row, sample in zip(rows, sorted(samples, key=lambda s: s["doc_id"]), strict=True):
             assert row["loglik"] == pytest.approx([ll for ll, _ in sample["filtered_resps"]], abs=1e-4), task
-        assert ours[task]["bos_prefix"] == ("none" if add_bos == "auto" else "<|endoftext|>")
+        assert ours[task]["bos_prefix"] == prefix
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ from lmlab.progress import log
 Scorer = Callable[[list[tuple[str, str]]], list[float]]
 Generator = Callable[[list[str]], list[str]]
 Chat = Callable[[list[dict[str, str]]], str]  # messages -> the prompt text, ending where the reply starts
-Mode = bool | Literal["auto"]
+Mode = Literal["auto", True, False]
 
 # lm-evaluation-harness's gsm8k task: stop strings, answer regexes, what exact match ignores
 GSM8K_STOP = ["Question:", "</s>", "<|im_end|>"]
