@@ -13,22 +13,21 @@ import pytest
 import torch
 
 from lmlab.train.config import SFTConfig
-
-CHATS = [(f"question number {i} about the cat", f"the answer is tom found ball {i}") for i in range(12)]
+from test_sft import cfg as sft_cfg
 
 
 @pytest.fixture()
 def chats(tmp_path):
     path = tmp_path / "chats.jsonl"
-    rows = [{"messages": [{"role": "user", "content": u}, {"role": "assistant", "content": a}]} for u, a in CHATS]
+    rows = [{"messages": [{"role": "user", "content": f"question number {i} about the cat"},
+                          {"role": "assistant", "content": f"the answer is tom found ball {i}"}]} for i in range(12)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def _cfg(model_dir, data, out, **kw) -> SFTConfig:
-    base = dict(model=str(model_dir), data=str(data), out=str(out), val_fraction=0.4, batch_size=2, max_steps=1,
-                lr=1e-12, warmup_steps=0, log_every=1, keep_best=False, device="cpu", max_length=64, seed=0)
-    return SFTConfig(**{**base, **kw})
+    """test_sft's config with the weights practically frozen (lr 1e-12, one step) and a held-out split."""
+    return sft_cfg(model_dir, data, out, **{"val_fraction": 0.4, "max_steps": 1, "lr": 1e-12, **kw})
 
 
 def test_masked_and_unmasked_report_answer_token_ppl_on_same_tokens(tiny_qwen2_dir, chats, tmp_path):
