@@ -230,3 +230,20 @@ def test_resume_refuses_changes_that_make_another_run(tmp_path, key, new, old):
     assert (tmp_path / "sft" / "config.yaml").read_text() == saved  # nothing rewritten
     _, run, _ = open_stage("sft", changed, resume=False, force=True)  # the fix printed works
     assert run.latest_checkpoint() is None
+
+
+def test_atomic_dir_never_replaces_a_folder_holding_other_files(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "thesis.tex").write_text("years of work")
+    with pytest.raises(LmlabError, match=r"holds thesis.tex.*pick another out="), atomic_dir(docs) as d:
+        (d / "model.safetensors").write_bytes(b"w")  # e.g. `lmlab export M out=docs`
+    assert os.listdir(docs) == ["thesis.tex"] and sorted(os.listdir(tmp_path)) == ["docs"]
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LmlabError, match="existing file"), atomic_dir(tmp_path / "f"):
+        pass
+    assert (tmp_path / "f").read_text() == "x"
+    for content in (b"1", b"2"):  # an earlier build of the same files is replaced
+        with atomic_dir(tmp_path / "export") as d:
+            (d / "model.safetensors").write_bytes(content)
+    assert (tmp_path / "export" / "model.safetensors").read_bytes() == b"2"

@@ -87,15 +87,24 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name; rename it into place only if the body succeeds.
 
     An existing directory at `path` is replaced (moved aside, then deleted) only after the new one
-    is complete, so a crash never leaves `path` missing or half-written.
+    is complete, so a crash never leaves `path` missing or half-written. It is replaced only by a
+    folder of the same entries (an earlier export, checkpoint, final/ …): a folder holding anything
+    the new one does not (a user's files, `out=` pointed at the wrong place) is refused, never deleted.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LmlabError(f"{path} is an existing file, not a folder; pick another out=")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         old = None
         if path.exists():
+            foreign = sorted(set(os.listdir(path)) - set(os.listdir(tmp)))
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" … ({len(foreign)} entries)" if len(foreign) > 5 else "")
+                raise LmlabError(f"{path} exists and holds {shown}, which lmlab did not just write; it would be "
+                                 "deleted by replacing the folder: pick another out= or empty that folder")
             old = path.parent / f".{path.name}.old"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
