@@ -108,7 +108,7 @@ def test_precomputed_reference_is_bitwise_the_on_the_fly_one(tmp_path, tiny_qwen
     assert [[r[k] for k in keys] for r in live] == [[r[k] for k in keys] for r in cached]
     assert live[-1]["reward_margin"] != 0.0  # the reference really entered the numbers
     state = torch.load(tmp_path / "cached" / "ref_logps.pt", weights_only=True)
-    assert state["values"].shape == (24, 2) and state["done"] == 12 and not torch.isnan(state["values"]).any()
+    assert state["values"].shape == (24, 2) and state["done"] == 4  # max_steps=4 × 2 pairs: 4 of 12 micro-batches
 
 
 def test_reference_cache_resumes_and_is_reused(tmp_path, tiny_qwen2_dir, data):
@@ -153,6 +153,14 @@ def test_reference_cache_resumes_and_is_reused(tmp_path, tiny_qwen2_dir, data):
         assert torch.equal(values[b["index"], 0], want[:B]) and torch.equal(values[b["index"], 1], want[B:])
     other = precompute(src, logps, path, "another-reference")  # a different reference: recomputed
     assert len(calls) == len(src) and torch.equal(other, values)
+    calls.clear()
+    part = precompute(src, logps, tmp_path / "part.pt", "m", upto=2)  # a run shorter than an epoch
+    first_two = torch.cat([src.get(i)["index"] for i in range(2)])
+    assert len(calls) == 2 and torch.equal(part[first_two], values[first_two])
+    assert int(torch.isnan(part).any(-1).sum()) == len(pairs) - len(first_two)
+    calls.clear()
+    full = precompute(src, logps, tmp_path / "part.pt", "m")  # more steps later: the same file continues
+    assert len(calls) == len(src) - 2 and torch.equal(full, values)
 
 
 # -- which model is the reference ----------------------------------------------------------------

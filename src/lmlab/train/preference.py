@@ -135,10 +135,16 @@ def precompute_reference(cfg: PreferenceConfig, rundir: RunDir, ctx: Any, source
     def to_device(batch: dict[str, Any]) -> dict[str, Any]:
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
+    from accelerate import PartialState
+
     name = cfg.ref_model or cfg.model
+    # micro-batches the run will read: a run shorter than an epoch needs only its first batches
+    needed = {"ref_logps.pt": cfg.max_steps * cfg.grad_accum * PartialState().num_processes if cfg.max_steps else None,
+              "ref_logps_eval.pt": cfg.eval_batches if cfg.eval_batches > 0 else None}
     for file, src in sources.items():
         if src is not None:
-            src.ref = precompute(src, lambda b: reference_logps(ctx, b), rundir.file(file), name, to_device=to_device)
+            src.ref = precompute(src, lambda b: reference_logps(ctx, b), rundir.file(file), name, upto=needed[file],
+                                 to_device=to_device)
 
 
 # -- judge ---------------------------------------------------------------------------------------

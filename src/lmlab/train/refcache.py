@@ -5,7 +5,8 @@ storing two numbers per pair (or feedback example) means the reference model is 
 while the policy trains (about half of DPO's extra memory over SFT, ALIGNMENT-NOTES §3.1) and a
 step costs one forward pass less.
 
-The pass walks the training source's first epoch, micro-batch by micro-batch, with the same
+The pass walks the training source's first epoch (or as much of it as the run will read),
+micro-batch by micro-batch, with the same
 function the steps use on the fly (`preference_steps.reference_logps`), and scatters each row's
 value to its unit (`batch["index"]`). In the first epoch every batch is then exactly the one
 training will see (same rows, same padding), so cached values are bitwise equal to on-the-fly
@@ -64,17 +65,20 @@ def _save(path: Path, state: dict[str, Any]) -> None:
 
 
 def precompute(source: Any, logps_fn: Callable[[dict[str, Tensor]], Tensor], path: Path, reference: str, *,
-               to_device: Callable[[dict[str, Tensor]], dict[str, Tensor]] = lambda b: b, save_every: int = 50) -> Tensor:
-    """(N, 2) reference log-probs of every unit of `source` (a `TwoRowBatches`), resumable in `path`.
+               upto: int | None = None, to_device: Callable[[dict[str, Tensor]], dict[str, Tensor]] = lambda b: b,
+               save_every: int = 50) -> Tensor:
+    """(N, 2) reference log-probs of the units of `source` (a `TwoRowBatches`), resumable in `path`.
 
-    `logps_fn(batch) -> (2B,)` is the reference log-prob of every row of a micro-batch. The
-    source's own cache must be unset while this runs (it would be read back instead of computed).
+    `logps_fn(batch) -> (2B,)` is the reference log-prob of every row of a micro-batch. `upto`:
+    only the first `upto` micro-batches of the epoch (what a run shorter than one epoch reads);
+    the other units stay NaN until a later call asks for them (a resumed run with more steps
+    continues the same file). The source's own cache must be unset while this runs.
     """
     if getattr(source, "ref", None) is not None:
         raise ValueError("precompute: the source already carries reference log-probs")
     n = len(source.examples)
     state = _load(path, fingerprint(source, reference), n)
-    total = len(source)
+    total = len(source) if upto is None else min(upto, len(source))
     if state["done"] < total:
         if state["done"]:
             log(f"{path.name}: continuing the reference pass at micro-batch {state['done']}/{total}")
@@ -93,7 +97,8 @@ def precompute(source: Any, logps_fn: Callable[[dict[str, Tensor]], Tensor], pat
                     _save(path, state)
                 bar.update(1)
     values = state["values"]
-    if bool(torch.isnan(values).any()):
-        raise RuntimeError(f"{path}: {int(torch.isnan(values).any(-1).sum())} units have no reference log-prob "
-                           "after a full pass (delete the file and rerun)")
+    done = torch.cat([source.get(i)["index"] for i in range(total)]) if total < len(source) else slice(None)
+    if bool(torch.isnan(values[done]).any()):
+        raise RuntimeError(f"{path}: {int(torch.isnan(values[done]).any(-1).sum())} units have no reference log-prob "
+                           "after the pass (delete the file and rerun)")
     return values
