@@ -144,6 +144,9 @@ CLI_ERRORS: dict[str, tuple[str, list[str]]] = {
     "out at a user's folder": (TRAIN + " out={root}/mine", ["mine", "lmlab did not make", "pick another out="]),
     "out at a user's folder --force": (TRAIN + " out={root}/mine --force", ["mine", "lmlab did not make"]),
     "out at a user's folder --resume": (TRAIN + " out={root}/mine --resume", ["mine", "lmlab did not make"]),
+    "export out at a user's folder": ("export {model} out={root}/mine", ["mine", "thesis.tex", "pick another out="]),
+    "index out at a user's folder": ("index {root}/texts.txt out={root}/mine", ["mine", "thesis.tex"]),
+    "export out at a file": ("export {model} out={root}/notes.txt", ["notes.txt", "existing file"]),
     "pt out at a file": ("train pt data={root}/texts.txt model=transformer:tiny out={root}/notes.txt max_steps=1",
                          ["notes.txt"]),
     # YAML and recipes
