@@ -215,3 +215,16 @@ def test_ppo_sentiment_recipe_smoke(tmp_path):
     lines = [x for x in (ppo / "rollouts.jsonl").read_text().split("\n") if x]
     assert len(lines) == 8  # one round: 8 rollouts × 2 epochs / micro-batch 4 = the 4 steps
     assert (ppo / "final" / "value_head.safetensors").exists()
+
+
+def test_grpo_lora_reference_is_the_policy_with_adapters_off(tiny_qwen2_dir, prompts_file, tmp_path):
+    """tuning=lora, β > 0: no second model is loaded; the reference is the policy with its adapters
+    off, so the first round's KL is exactly 0 (LoRA's B starts at 0) and it grows once the adapter trains."""
+    from lmlab.train.config import LoraSettings
+    from lmlab.train.online import run_grpo
+
+    res = run_grpo(_grpo(tiny_qwen2_dir, prompts_file, tmp_path / "lora", tuning="lora", beta=0.1, max_steps=6,
+                         lr=5e-2, lora=LoraSettings(rank=4, alpha=8.0, dropout=0.0)))
+    rows = [r for r in _train_rows(res.path) if "kl" in r]
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[0]["kl_k3"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[-1]["kl"] != pytest.approx(0.0, abs=1e-4)
