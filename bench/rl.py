@@ -1,6 +1,6 @@
 """GRPO throughput and peak memory: lmlab `train grpo` machinery vs TRL `GRPOTrainer`, same everything else.
 
-    .venv/bin/python bench/rl.py [steps=12 warmup=2 prompts_per_step=4 num_generations=4 max_new_tokens=32 hidden=64 layers=2]
+    .venv/bin/python bench/rl.py [steps=12 warmup=2 rounds=1 prompts_per_step=4 num_generations=4 max_new_tokens=32 hidden=64 layers=2]
 
 Same model (a Qwen2 built locally and saved once, loaded by both arms from that folder), same
 tokenizer, same prompts (the first 6 words of storyworld stories, raw text), same reward function
@@ -8,7 +8,8 @@ tokenizer, same prompts (the first 6 words of storyworld stories, raw text), sam
 (temperature 1, no top-k/top-p, max_new_tokens, num_generations), β = 0 (no reference model in
 either), one optimizer step per generation round (TRL: per_device_train_batch_size = prompts ×
 generations, num_iterations = 1; lmlab: batch_size = rollout_batch, ppo_epochs = 1), loss dapo,
-fp32 on CPU. Each arm runs in its own subprocess, so peak memory is its own.
+fp32 on CPU. Each arm runs in its own subprocess, so peak memory is its own; `rounds=N` repeats
+both arms in rotation and reports medians (`common.run_rounds`).
 
 Timing: a global optimizer step hook stamps every optimizer step (TRL generates with the model in
 train mode, so training forwards cannot be told from generation forwards); the span from the end
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 DEFAULTS: dict[str, Any] = {"steps": 12, "warmup": 2, "prompts_per_step": 4, "num_generations": 4, "max_new_tokens": 32,
-                            "hidden": 64, "layers": 2, "vocab_size": 1024, "lr": 1e-5, "seed": 0, "n_prompts": 256}
+                            "hidden": 64, "layers": 2, "vocab_size": 1024, "lr": 1e-5, "seed": 0, "n_prompts": 256,
+                            "rounds": 1}
 ARMS = ("lmlab", "trl")
 
 
@@ -101,7 +102,7 @@ def _load(root: Path) -> tuple[Any, Any, list[str]]:
 
 
 def run_lmlab(root: Path, opts: dict[str, Any]) -> tuple[Any, Any]:
-    from sft import Meter
+    from common import Meter
 
     from lmlab.runs import RunDir
     from lmlab.train.advantages import KLController
@@ -130,7 +131,7 @@ def run_lmlab(root: Path, opts: dict[str, Any]) -> tuple[Any, Any]:
 
 def run_trl(root: Path, opts: dict[str, Any]) -> tuple[Any, Any]:
     import datasets
-    from sft import Meter
+    from common import Meter
     from trl import GRPOConfig, GRPOTrainer
 
     model, tok, prompts = _load(root)
@@ -166,31 +167,26 @@ def child(arm: str, root: Path, opts: dict[str, Any]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from lmlab.config import parse_overrides
+    from common import emit, machine, medians, options, run_rounds
 
     if argv and argv[0] == "--child":
         child(argv[1], Path(argv[2]), json.loads(argv[3]))
         return
-    opts = {**DEFAULTS, **parse_overrides(argv)}
+    opts = options(DEFAULTS, argv)
     root = Path(tempfile.mkdtemp(prefix="bench-rl-"))
     prepare(opts, root)
-    results: dict[str, dict[str, Any]] = {}
-    for arm in ARMS:
-        proc = subprocess.run([sys.executable, __file__, "--child", arm, str(root), json.dumps(opts)],
-                              capture_output=True, text=True, env={**os.environ, "LMLAB_QUIET": "1"})
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"arm {arm} failed (exit {proc.returncode})")
-        results[arm] = json.loads(line[len("RESULT "):])
-        r = results[arm]
-        print(f"{arm}: {r['prompts_per_s']:.2f} prompts/s, {r['gen_tokens_per_s']:.0f} generated tok/s, "
-              f"generation {r['generation_share_of_step']:.0%} of a step, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+
+    def describe(r: dict[str, Any]) -> str:
+        return (f"{r['prompts_per_s']:.2f} prompts/s, {r['gen_tokens_per_s']:.0f} generated tok/s, "
+                f"generation {r['generation_share_of_step']:.0%} of a step, peak RSS {r['peak_rss_mb']:.0f} MB")
+
+    runs = run_rounds(__file__, ARMS, int(opts["rounds"]), [str(root), json.dumps(opts)], describe)
+    results = {arm: medians(rs, spread=("prompts_per_s",)) for arm, rs in runs.items()}
     lm, trl = results["lmlab"], results["trl"]
-    print(json.dumps({"config": opts, "device": "cpu", "arms": results,
-                      "prompts_per_s_vs_trl": lm["prompts_per_s"] / trl["prompts_per_s"],
-                      "gen_tokens_per_s_vs_trl": lm["gen_tokens_per_s"] / max(trl["gen_tokens_per_s"], 1e-9),
-                      "peak_mem_vs_trl": lm["peak_rss_mb"] / trl["peak_rss_mb"]}))
+    emit({"config": opts, "machine": machine(), "arms": results,
+          "prompts_per_s_vs_trl": lm["prompts_per_s"] / trl["prompts_per_s"],
+          "gen_tokens_per_s_vs_trl": lm["gen_tokens_per_s"] / max(trl["gen_tokens_per_s"], 1e-9),
+          "peak_mem_vs_trl": lm["peak_rss_mb"] / trl["peak_rss_mb"]})
 
 
 if __name__ == "__main__":
