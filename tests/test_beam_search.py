@@ -143,8 +143,12 @@ def greedy_blocked(model, tok, prompt: str, steps: int, n: int) -> str:
 
 
 def test_beam_knobs_are_checked_with_clear_errors(model, tok):
+    from lmlab.generate import GenerateConfig
+
     with pytest.raises(ConfigError, match=r"length_penalty=0\.5 only changes beam search; set beams > 1"):
-        build(DecodingConfig, {"length_penalty": 0.5})
+        build(GenerateConfig, {"model": "m", "length_penalty": 0.5})
+    # chat and serve stream a single row and ignore beams: there the key is accepted (and unused)
+    assert build(DecodingConfig, {"length_penalty": 0.5}).length_penalty == 0.5
     with pytest.raises(ConfigError, match="length_penalty must be a finite number"):
         build(DecodingConfig, {"length_penalty": float("nan"), "beams": 2})
     with pytest.raises(ConfigError, match=r"no_repeat_ngram_size must be >= 0 \(0 = off\), got -1"):

@@ -25,7 +25,7 @@ class DecodingConfig:
     top_p: float = opt(1.0, "nucleus sampling: smallest set of tokens with this much probability (1 = off; Holtzman et al. 2020)")
     repetition_penalty: float = opt(1.0, "divide logits of tokens already present by this (>1 discourages loops; Keskar et al. 2019)")
     beams: int = opt(1, "beam search width (1 = no beam search; with temperature > 0 the beams are sampled, temperature=0 for plain beam search)")
-    length_penalty: float = opt(1.0, "beam search ranks a finished beam by log-probability / length**length_penalty (> 0 favours longer, < 0 shorter, 0 = raw log-probability; Wu et al. 2016)")
+    length_penalty: float = opt(1.0, "beam search ranks a finished beam by log-probability / length**length_penalty (Hugging Face's beam score: > 0 favours longer, < 0 shorter, 0 = raw log-probability)")
     no_repeat_ngram_size: int = opt(0, "never generate an n-gram of this size twice, prompt included (0 = off; Paulus et al. 2018)")
     n: int = opt(1, "continuations per prompt (at most `beams` with beam search)")
     seed: int | None = opt(None, "seed for sampling; the same seed gives the same samples")
@@ -49,8 +49,6 @@ class DecodingConfig:
             problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
         if not math.isfinite(self.length_penalty):
             problems.append(f"length_penalty must be a finite number (1 = HF's default, 0 = off), got {self.length_penalty}")
-        elif self.length_penalty != 1.0 and self.beams == 1:
-            problems.append(f"length_penalty={self.length_penalty} only changes beam search; set beams > 1 (or drop length_penalty)")
         if self.no_repeat_ngram_size < 0:
             problems.append(f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
         if self.beams < 1 or self.n < 1:

@@ -236,6 +236,13 @@ class GenerateConfig(DecodingConfig):
     dtype: str | None = opt(None, "float32, bfloat16 or float16 (default: the checkpoint's)")
     trust_remote_code: bool = opt(False, "allow model code from the hub")
 
+    def validate(self) -> list[str]:
+        problems = super().validate()
+        # here, unlike chat / serve (which stream one row and ignore beams), beams are in the user's hands
+        if self.length_penalty != 1.0 and self.beams == 1:
+            problems.append(f"length_penalty={self.length_penalty} only changes beam search; set beams > 1 (or drop length_penalty)")
+        return problems
+
 
 def read_prompts(path: str, *, strip: bool = False) -> list[str]:
     """Prompts from a file: each non-blank line of a text file (`strip`: without surrounding
