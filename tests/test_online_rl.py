@@ -151,6 +151,8 @@ def test_a_run_killed_mid_round_resumes_with_the_same_losses(make, tiny_qwen2_di
         assert [x is None for x in xa] == [x is None for x in xb], key
         assert [x for x in xa if x is not None] == pytest.approx([x for x in xb if x is not None], rel=1e-5, abs=1e-7), key
     assert any(r["loss"] != 0 for r in a)
+    # rollouts.jsonl: the rounds made again after the resume are not listed twice
+    assert (full.path / "rollouts.jsonl").read_text() == (resumed.path / "rollouts.jsonl").read_text()
 
 
 def test_ppo_saves_the_policy_and_its_value_head(tiny_qwen2_dir, prompts_file, tmp_path):

@@ -236,6 +236,10 @@ class RolloutSource:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.round, self.buffer = state["round"], dict(state["buffer"])
         self.kl.value, self.pending = state["kl_coef"], dict(state["pending"])
+        if self.rollouts_path is not None and self.rollouts_path.exists():  # later rounds will be made again
+            lines = self.rollouts_path.read_text(encoding="utf-8").split("\n")
+            kept = [x for x in lines if x and json.loads(x)["round"] <= self.round]
+            self.rollouts_path.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
 
     def log_metrics(self) -> dict[str, float]:
         out, self.pending = self.pending, {}
