@@ -230,3 +230,27 @@ def test_grpo_lora_reference_is_the_policy_with_adapters_off(tiny_qwen2_dir, pro
     rows = [r for r in _train_rows(res.path) if "kl" in r]
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6) and rows[0]["kl_k3"] == pytest.approx(0.0, abs=1e-6)
     assert rows[-1]["kl"] != pytest.approx(0.0, abs=1e-4)
+
+
+CALLS = {"n": 0}
+
+
+def fails_later(prompts, completions, **kwargs):
+    """Scores the evaluator's and the first two rounds' completions, then raises."""
+    CALLS["n"] += 1
+    if CALLS["n"] > 3:
+        raise ValueError("the scoring service went away")
+    return [0.0] * len(completions)
+
+
+def test_a_reward_that_fails_mid_run_stops_and_keeps_the_last_checkpoint(tiny_qwen2_dir, prompts_file, tmp_path):
+    from lmlab.train.online import run_grpo
+
+    CALLS["n"] = 0
+    cfg = _grpo(tiny_qwen2_dir, prompts_file, tmp_path / "f", reward="test_online_rl:fails_later", max_steps=8,
+                save_every=2, eval_every=0)
+    with pytest.raises(DataError, match="test_online_rl:fails_later raised ValueError: the scoring service went away"):
+        run_grpo(cfg)
+    run = tmp_path / "f"
+    assert not (run / "result.json").exists()  # not finished: --resume continues from the checkpoint
+    assert (run / "checkpoints" / "step-4").is_dir()  # rounds 0 and 1 (steps 1-4) were scored and trained
