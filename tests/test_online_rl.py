@@ -254,3 +254,19 @@ def test_a_reward_that_fails_mid_run_stops_and_keeps_the_last_checkpoint(tiny_qw
     run = tmp_path / "f"
     assert not (run / "result.json").exists()  # not finished: --resume continues from the checkpoint
     assert (run / "checkpoints" / "step-4").is_dir()  # rounds 0 and 1 (steps 1-4) were scored and trained
+
+
+def test_prompts_from_records(tiny_qwen2_dir):
+    """Chat records: the turns before the last reply, rendered with the generation header; the reply
+    becomes the `answer` column. Labelled text: the first prompt_words words, raw."""
+    from transformers import AutoTokenizer
+
+    from lmlab.data.formats import ChatRecord, LabelledRecord, Message
+    from lmlab.train.rollout import prompts_from_records
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    items = prompts_from_records([ChatRecord([Message("user", "Who is Tom?"), Message("assistant", "a cat")]),
+                                  LabelledRecord("A truly<br />great film , I loved it", "positive")], tok, prompt_words=3)
+    assert items[0].prompt == "Who is Tom?" and items[0].columns == {"answer": "a cat"}
+    assert items[0].text == "<|im_start|>user\nWho is Tom?<|im_end|>\n<|im_start|>assistant\n"
+    assert items[1].text == items[1].prompt == "A truly great" and items[1].columns == {"label": "positive"}
