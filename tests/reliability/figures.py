@@ -70,6 +70,7 @@ def main() -> None:
         "leftovers": len(kills.get("leftovers", [])) if kills else None,
         "half_finished": len(kills.get("half_finished", [])) if kills else None,
         "kill_harness_passed": kills_run["failed"] == 0 and kills_run["handled"] == 1,
+        "big_body_health_median_ms": round(big["health_median_ms"], 1) if big else None,
         "big_body_health_max_ms": round(big["health_max_ms"], 1) if big else None,
         "big_body_well_formed_answered": big.get("well_formed_answered"), "big_body_well_formed_sent": big.get("well_formed_sent"),
         "big_body_rss_before_mb": round(big["rss_before_mb"], 1) if big else None,
