@@ -247,3 +247,17 @@ def test_atomic_dir_never_replaces_a_folder_holding_other_files(tmp_path):
         with atomic_dir(tmp_path / "export") as d:
             (d / "model.safetensors").write_bytes(content)
     assert (tmp_path / "export" / "model.safetensors").read_bytes() == b"2"
+
+
+def test_truncate_drops_the_end_of_run_eval_logged_after_the_last_checkpoint(tmp_path):
+    run = RunDir(tmp_path / "r")
+    for row in ({"step": 9, "split": "train", "loss": 1.0}, {"step": 9, "split": "val", "loss": 0.9},
+                {"step": 10, "split": "train", "loss": 0.8}, {"step": 10, "split": "val", "loss": 0.7}):
+        run.log_metrics(row)
+    _ckpt(run, 10)
+    (run.checkpoints_dir / "step-10" / "trainer_state.json").write_text('{"step": 10, "last_eval_step": 9}')
+    run.truncate_metrics(10)  # the val row at 10 came after checkpoint 10: resume evaluates again
+    assert [(r["step"], r["split"]) for r in run.metrics()] == [(9, "train"), (9, "val"), (10, "train")]
+    run.log_metrics({"step": 10, "split": "val", "loss": 0.7})
+    run.truncate_metrics(10, last_eval_step=10)  # evaluated before the checkpoint: kept
+    assert [(r["step"], r["split"]) for r in run.metrics()][-1] == (10, "val")

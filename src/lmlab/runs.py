@@ -282,9 +282,20 @@ class RunDir:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def truncate_metrics(self, last_step: int) -> None:
-        """On resume, drop metric rows logged after the checkpoint we resume from."""
-        rows = [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= last_step]
+    def truncate_metrics(self, last_step: int, last_eval_step: int | None = None) -> None:
+        """On resume, drop metric rows logged after the checkpoint we resume from.
+
+        Rows of step `last_step` itself stay, except evaluation rows after `last_eval_step`: the
+        end-of-run evaluation is logged at the last step but after its checkpoint, so a run killed
+        after it evaluates again on resume and must not keep the first row. `last_eval_step`
+        defaults to the one saved in checkpoints/step-`last_step`/trainer_state.json.
+        """
+        if last_eval_step is None:
+            state = self.checkpoints_dir / f"step-{last_step}" / "trainer_state.json"
+            saved = json.loads(state.read_text()) if state.is_file() else {}
+            last_eval_step = saved.get("last_eval_step", last_step)
+        rows = [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= last_step
+                and not (r.get("split") == "val" and r.get("step", 0) > last_eval_step)]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def metrics(self) -> list[dict[str, Any]]:
