@@ -1,6 +1,6 @@
 """Kill harness: real `lmlab train` processes SIGKILLed at seeded moments, resumed until finished.
 
-For each scenario (pt transformer, pt lstm, sft with LoRA, rm) one uninterrupted reference run is
+For each scenario (pt transformer, pt lstm, sft with LoRA, rm, dpo) one uninterrupted reference run is
 made, then episodes of the same run that are killed — mid-write of a checkpoint, just before one is
 published, mid-prune, between the two renames that replace best/ or final/, just before
 result.json, or at a random time (mid-step, mid-eval) — and resumed with `--resume` until one
@@ -48,6 +48,7 @@ def scenarios(data: Path, tok: Path, model: Path) -> dict[str, list[str]]:
         "sft-lora": ["train", "sft", f"model={model}", "tuning=lora", "lora.rank=4", f"data={data}/chat.jsonl",
                      "max_length=96"],
         "rm": ["train", "rm", f"model={model}", f"data={data}/prefs.jsonl", "max_length=96"],
+        "dpo": ["train", "dpo", f"model={model}", f"data={data}/prefs.jsonl", "max_length=96"],
     }
 
 
