@@ -300,7 +300,7 @@ def test_align_storyworld_recipe_smoke(tmp_path):
         result = json.loads((out / stage / "result.json").read_text())
         assert result["stage"] == ("dpo" if stage == "ipo" else stage)
         assert 0.0 <= result["gold_mean"] <= 1.0 and result["heldout_prompts"] == 2
-        assert ("kl_ref" in result) == (stage in ("dpo", "ipo", "kto"))
+        assert -1e-4 < result["kl_ref"] < 0.05  # KL to the SFT model (ORPO/SimPO too): 2 tiny steps stay next to it
     metrics = json.loads((out / "compare" / "metrics.json").read_text())
     assert set(metrics["judges"]) == {"gold", "rm"} and len(metrics["text"]) == 6
 

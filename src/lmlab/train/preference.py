@@ -20,7 +20,8 @@ Setup → reference → train → judge, top to bottom:
 4. the shared `Trainer` with the stage's step (`preference_steps.py`); each step logs the loss,
    implicit rewards, reward accuracy and margin, policy log-probs and the KL estimate.
 5. judge: greedy answers to `judge_prompts` held-out prompts, scored by the storyworld gold judge
-   (mean reward, constraint rate, words) with the per-token KL(π‖π_ref) on those answers; samples
+   (mean reward, constraint rate, words) with the KL(π‖π_ref) on those answers (SimPO/ORPO:
+   to the starting model); samples
    for `samples` prompts; result.json last.
 """
 from __future__ import annotations
@@ -193,17 +194,15 @@ def judge_heldout(trainer: Any, tokenizer: Any, cfg: PreferenceConfig, ctx: Any,
     texts = [render_prompt(tokenizer, p, template=cfg.template, system=cfg.system) for p in prompts]
     with trainer.generation_model() as policy:
         answers = [o[0] for o in generate(policy, tokenizer, texts, DecodingConfig(max_new_tokens=cfg.max_new_tokens, temperature=0.0))]
-        kl = reference_kl(policy, ctx, tokenizer, prompts, answers, cfg) if ctx is not None else []
+        kl = reference_kl(policy, ctx, tokenizer, prompts, answers, cfg)
     gold = [judge(prompt_text(p), a) for p, a in zip(prompts, answers, strict=True)]
-    rows = [{"prompt": prompt_text(p), "answer": a, "gold": g.reward, **({"kl_ref": k} if kl else {})}
-            for p, a, g, k in zip(prompts, answers, gold, kl or [None] * len(prompts), strict=True)]
+    rows = [{"prompt": prompt_text(p), "answer": a, "gold": g.reward, "kl_ref": k}
+            for p, a, g, k in zip(prompts, answers, gold, kl, strict=True)]
     atomic_write_text(rundir.file("heldout.jsonl"), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     rates = [g.constraint_rate for g in gold if g.constraint_rate is not None]
     out = {"heldout_prompts": len(prompts), "gold_mean": float(np.mean([g.reward for g in gold])),
            "constraint_rate": float(np.mean(rates)) if rates else None,
-           "words": float(np.mean([word_count(a) for a in answers]))}
-    if kl:
-        out["kl_ref"] = float(np.mean(kl))
+           "words": float(np.mean([word_count(a) for a in answers])), "kl_ref": float(np.mean(kl))}
     return out
 
 
@@ -252,14 +251,14 @@ def run(cfg: PreferenceConfig, *, resume: bool = False, force: bool = False) -> 
 
     judged: dict[str, Any] = {}
     if cfg.judge_prompts and (cfg.eval_data or cfg.data).startswith("storyworld/"):
-        judge_ctx = None
-        if cfg.uses_reference:  # the KL to the reference is measured even when training used the cache
-            judge_ctx = StepContext(ref_model=trainer.ctx.ref_model or load_ref(cfg, trainer.raw), policy=trainer.raw)
-            if judge_ctx.ref_model is not None:
-                judge_ctx.ref_model.to(trainer.accelerator.device)
+        # KL to the reference (the starting model for SimPO/ORPO, which train without one), measured
+        # also when training used cached log-probs: the reference is loaded now if it is not in memory
+        judge_ctx = StepContext(ref_model=trainer.ctx.ref_model or load_ref(cfg, trainer.raw), policy=trainer.raw)
+        if judge_ctx.ref_model is not None:
+            judge_ctx.ref_model.to(trainer.accelerator.device)
         judged = judge_heldout(trainer, tokenizer, cfg, judge_ctx, rundir)
         log(f"held-out: gold mean {judged['gold_mean']:.3f} on {judged['heldout_prompts']} prompts"
-            + (f", KL to the reference {judged['kl_ref']:.3f} nats per answer" if "kl_ref" in judged else ""))
+            + f", KL to the reference {judged['kl_ref']:.3f} nats per answer")
     samples = write_samples(trainer.raw, tokenizer, cfg, rundir)  # type: ignore[arg-type]
     result.update({"stage": stage, "trainable_params": trainable, "total_params": total, "tuning": cfg.tuning,
                    "data_stats": stats.as_dict(), "val_units": len(eval_src.examples) if eval_src else 0,
