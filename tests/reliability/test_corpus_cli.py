@@ -64,6 +64,8 @@ CLI_ERRORS: dict[str, tuple[str, list[str]]] = {
     "misspelt nested key": (TRAIN + " lora.rnak=4", ["lora.rnak", "lora.rank"]),
     "unknown rm key": ("train rm marginn=1", ["marginn", "margin"]),
     "unknown loss key": ("train rm loss=hinge", ["loss"]),
+    "unknown DPO loss": ("train dpo loss=sigmoidd", ["sigmoidd", "did you mean 'sigmoid'"]),
+    "DPO loss weights mismatch": ("train dpo loss=sigmoid+sft loss_weights=1", ["loss_weights"]),
     "misspelt chat key": ("chat {model} temprature=1", ["temprature", "temperature"]),
     "misspelt serve key": ("serve {model} prot=1", ["prot", "port"]),
     "misspelt flag": (TRAIN + " --resmue", ["--resmue", "--resume"]),
