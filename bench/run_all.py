@@ -14,6 +14,7 @@ fails or runs past its time limit is a row saying so; the other rows still come.
 
 `size=cpu` (default): the small models of each bench's defaults, trimmed to fit 10 minutes. The
 GPU anchors are listed as "not run" unless this is a GPU machine and `size=gpu`.
+`size=smoke`: tiny models and a few steps, to check that every bench and this table still work.
 `size=gpu`: the GPU anchors' setup: the Qwen2.5-0.5B architecture with random weights, fp32
 weights + bf16 autocast, SFT 16 rows of <= 512 tokens padded to multiples of 64, DPO / RM 8 pairs
 (bench/align.py builds its own Qwen2 of the same width and depth), 3 rounds; the steady figure
@@ -41,22 +42,33 @@ from common import machine, options, table
 HERE = Path(__file__).resolve().parent
 DEFAULTS: dict[str, Any] = {"size": "cpu", "only": "", "json": "", "timeout_scale": 1.0}
 
-# bench -> (script, CPU arguments, GPU arguments, time limit in seconds on CPU)
+# bench -> (script, arguments per size, time limit in seconds for size=cpu)
 QWEN = "arch=qwen2.5-0.5b"
-BENCHES: dict[str, tuple[str, list[str], list[str], int]] = {
-    "pretrain": ("pretrain.py", ["steps=12", "warmup=3", "rounds=3"],
-                 ["archs=rnn,lstm,gru,transformer", "hidden=896", "layers=24", "batch_size=16", "max_length=512",
-                  "vocab_size=151936", "steps=20", "warmup=5", "rounds=3"], 150),
-    "sft": ("sft.py", ["steps=16", "warmup=4", "rounds=3", "arms=lmlab_padded,plain_padded,trl_padded,lmlab_packed,trl_packed"],
-            [QWEN, "batch_size=16", "max_length=512", "pad_to_multiple_of=64", "steps=30", "warmup=5", "rounds=3",
-             "arms=lmlab_padded,plain_padded,trl_padded,lmlab_packed,plain_packed,trl_packed"], 300),
-    "align": ("align.py", ["steps=10", "warmup=2", "n=200", "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm"],
-              ["hidden=896", "layers=24", "batch_size=8", "max_length=512", "steps=20", "warmup=5", "rounds=3",
-               "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm,lmlab_sft"], 150),
-    "rl": ("rl.py", ["steps=6", "warmup=2"],
-           ["hidden=896", "layers=24", "prompts_per_step=8", "num_generations=8", "max_new_tokens=128", "steps=12",
-            "warmup=3"], 120),
-    "serve": ("serve.py", ["clients=1,8", "requests=32"], ["hidden=896", "layers=24", "clients=1,8,32", "requests=64"], 120),
+BENCHES: dict[str, tuple[str, dict[str, list[str]], int]] = {
+    "pretrain": ("pretrain.py", {
+        "cpu": ["steps=12", "warmup=3", "rounds=3"],
+        "gpu": ["hidden=896", "layers=24", "batch_size=16", "max_length=512", "vocab_size=151936", "steps=20", "warmup=5",
+                "rounds=3"],
+        "smoke": ["archs=rnn,transformer", "steps=2", "warmup=1", "rounds=1", "hidden=16", "max_length=16"]}, 150),
+    "sft": ("sft.py", {
+        "cpu": ["steps=16", "warmup=4", "rounds=3", "arms=lmlab_padded,plain_padded,trl_padded,lmlab_packed,trl_packed"],
+        "gpu": [QWEN, "batch_size=16", "max_length=512", "pad_to_multiple_of=64", "steps=30", "warmup=5", "rounds=3",
+                "arms=lmlab_padded,plain_padded,trl_padded,lmlab_packed,plain_packed,trl_packed"],
+        "smoke": ["steps=4", "warmup=1", "rounds=1", "hidden=64", "layers=1", "n=100", "max_length=128"]}, 300),
+    "align": ("align.py", {
+        "cpu": ["steps=10", "warmup=2", "n=200", "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm"],
+        "gpu": ["hidden=896", "layers=24", "batch_size=8", "max_length=512", "steps=20", "warmup=5", "rounds=3",
+                "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm,lmlab_sft"],
+        "smoke": ["steps=3", "warmup=1", "n=40", "hidden=32", "layers=1", "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm"]}, 150),
+    "rl": ("rl.py", {
+        "cpu": ["steps=6", "warmup=2"],
+        "gpu": ["hidden=896", "layers=24", "prompts_per_step=8", "num_generations=8", "max_new_tokens=128", "steps=12",
+                "warmup=3"],
+        "smoke": ["steps=3", "warmup=1", "hidden=32", "max_new_tokens=8"]}, 120),
+    "serve": ("serve.py", {
+        "cpu": ["clients=1,8", "requests=32"],
+        "gpu": ["hidden=896", "layers=24", "clients=1,8,32", "requests=64"],
+        "smoke": ["clients=1,2", "requests=4", "max_tokens=8", "hidden=32", "layers=1"]}, 120),
 }
 COLUMNS = ["bench", "arm", "unit", "median", "min", "max", "per CPU-s", "peak MB", "MFU", "vs plain", "vs TRL", "note"]
 
@@ -160,8 +172,8 @@ ADAPTERS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
 def main(argv: list[str]) -> None:
     opts = options(DEFAULTS, argv)
     size = str(opts["size"])
-    if size not in ("cpu", "gpu"):
-        raise SystemExit(f"size={size}: use cpu or gpu")
+    if size not in ("cpu", "gpu", "smoke"):
+        raise SystemExit(f"size={size}: use cpu, gpu or smoke")
     import torch
 
     gpu = torch.cuda.is_available()
@@ -176,8 +188,8 @@ def main(argv: list[str]) -> None:
     rows: list[dict[str, Any]] = []
     everything: dict[str, Any] = {"size": size, "machine": info, "date": f"{started:%Y-%m-%d %H:%M} UTC", "benches": {}}
     for name in names:
-        script, cpu_args, gpu_args, limit = BENCHES[name]
-        args = gpu_args if size == "gpu" else cpu_args
+        script, sizes, limit = BENCHES[name]
+        args = sizes[size]
         if size == "gpu" and not gpu:
             rows.append({"bench": name, "arm": "–", "note": "not run: no GPU on this machine"})
             continue
@@ -200,7 +212,7 @@ def main(argv: list[str]) -> None:
         for row in new:
             row["note"] = (row.get("note") or "") + f" [load {load}]"
         rows += new
-    if size == "cpu":
+    if size != "gpu":
         rows.append({"bench": "GPU anchors", "arm": "–", "note": "not run" + ("" if gpu else ": no GPU lent") + " (size=gpu)"})
     total = (datetime.datetime.now(datetime.UTC) - started).total_seconds()
     print(table([{c: r.get(c, "") for c in COLUMNS} for r in rows], COLUMNS))

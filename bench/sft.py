@@ -140,47 +140,59 @@ def run_lmlab(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
     return meter.report(opts["warmup"])
 
 
+def plain_padded_batch(data: list[tuple[Any, Any]], idx: list[int], pad: int, multiple: int = 0) -> dict[str, Any]:
+    """The plain loop's own collation: right-pad (ids, labels) pairs with `pad_sequence`."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.utils.rnn import pad_sequence
+
+    ids = pad_sequence([data[i][0] for i in idx], batch_first=True, padding_value=pad)  # (B, T)
+    labels = pad_sequence([data[i][1] for i in idx], batch_first=True, padding_value=-100)  # (B, T)
+    mask = pad_sequence([torch.ones_like(data[i][0]) for i in idx], batch_first=True)  # (B, T)
+    if multiple and ids.size(1) % multiple:
+        extra = multiple - ids.size(1) % multiple
+        ids, labels, mask = F.pad(ids, (0, extra), value=pad), F.pad(labels, (0, extra), value=-100), F.pad(mask, (0, extra))
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def plain_packed_batch(data: list[tuple[Any, Any]], rows: list[list[int]], pad: int) -> dict[str, Any]:
+    """The plain loop's packing: concatenate each row's examples, positions restart per example,
+    and the first token of an example is not a target (it would be predicted from the previous one)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.utils.rnn import pad_sequence
+
+    ids = [torch.cat([data[i][0] for i in row]) for row in rows]
+    labels = [torch.cat([F.pad(data[i][1][1:], (1, 0), value=-100) for i in row]) for row in rows]
+    pos = [torch.cat([torch.arange(len(data[i][0])) for i in row]) for row in rows]
+    return {"input_ids": pad_sequence(ids, batch_first=True, padding_value=pad),
+            "labels": pad_sequence(labels, batch_first=True, padding_value=-100),
+            "position_ids": pad_sequence(pos, batch_first=True)}  # pad tail: position 0 each, one-token segments
+
+
 def run_plain(root: Path, opts: dict[str, Any], packed: bool) -> dict[str, Any]:
     """The hand-written baseline on the same micro-batches as lmlab (the plan is lmlab's; the
     collation, loss and update are written here as one would by hand)."""
     import torch
     import torch.nn.functional as F
-    from torch.nn.utils.rnn import pad_sequence
 
     model, tok, rows = _load(root)
     meter = Meter(model, tok.pad_token_id)
     device = next(model.parameters()).device
-    pad, mult = tok.pad_token_id, opts["pad_to_multiple_of"]
+    pad = tok.pad_token_id
     data = [(torch.tensor(r["input_ids"]), torch.tensor(r["labels"])) for r in rows]
     src = _source(rows, opts, pad, packed)
     plan = [src.plan(i // len(src))[i % len(src)] for i in range(opts["steps"])]
-
-    def padded(idx: list[int]) -> dict[str, torch.Tensor]:
-        ids = pad_sequence([data[i][0] for i in idx], batch_first=True, padding_value=pad)  # (B, T)
-        labels = pad_sequence([data[i][1] for i in idx], batch_first=True, padding_value=-100)  # (B, T)
-        mask = pad_sequence([torch.ones_like(data[i][0]) for i in idx], batch_first=True)  # (B, T)
-        if mult and ids.size(1) % mult:
-            extra = mult - ids.size(1) % mult
-            ids, labels, mask = F.pad(ids, (0, extra), value=pad), F.pad(labels, (0, extra), value=-100), F.pad(mask, (0, extra))
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-    def packed_rows(row_ids: list[int]) -> dict[str, torch.Tensor]:
-        rows_ = [src.rows[r] for r in row_ids]
-        # the first token of each packed example is not a target (it would be predicted from the previous example)
-        ids = [torch.cat([data[i][0] for i in row]) for row in rows_]
-        labels = [torch.cat([F.pad(data[i][1][1:], (1, 0), value=-100) for i in row]) for row in rows_]
-        pos = [torch.cat([torch.arange(len(data[i][0])) for i in row]) for row in rows_]
-        return {"input_ids": pad_sequence(ids, batch_first=True, padding_value=pad),
-                "labels": pad_sequence(labels, batch_first=True, padding_value=-100),
-                "position_ids": pad_sequence(pos, batch_first=True)}  # pad tail: positions 0 = one-token segments
-
-    collate = packed_rows if packed else padded
+    if packed:
+        batches = (plain_packed_batch(data, [src.rows[r] for r in idx], pad) for idx in plan)
+    else:
+        batches = (plain_padded_batch(data, idx, pad, opts["pad_to_multiple_of"]) for idx in plan)
     cuda = device.type == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=opts["lr"], betas=(0.9, 0.95), weight_decay=0.0, fused=cuda)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=opts["steps"], eta_min=0.1 * opts["lr"])
     model.train()
-    for idx in plan:
-        batch = {k: v.to(device) for k, v in collate(idx).items()}
+    for batch in batches:  # collated lazily, one step at a time, as a DataLoader would
+        batch = {k: v.to(device) for k, v in batch.items()}
         labels = batch.pop("labels")
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             logits = model(**batch).logits  # (B, T, V)
