@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -73,6 +74,21 @@ def load_pairs(cfg: RewardConfig, tokenizer: Any) -> tuple[list[EncodedPair], li
 
 # -- model -------------------------------------------------------------------------------------
 
+@contextmanager
+def fresh_head_expected(what: str = "head") -> Iterator[ExpectedHeadReport]:
+    """Load a causal LM as a classifier inside this block: HF's load report about the new `score`
+    head is replaced by one line (`{what} score.weight: new …, as expected`)."""
+    report = ExpectedHeadReport()
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    hf_logger.addFilter(report)
+    try:
+        yield report
+    finally:
+        hf_logger.removeFilter(report)
+    if report.fresh:
+        log(f"{what} {', '.join(report.fresh)}: new and randomly initialised, as expected (this stage trains it)")
+
+
 class ExpectedHeadReport(logging.Filter):
     """Holds back transformers' load report when all it says is what turning a causal LM into a
     reward model must do: a fresh `score` head (MISSING) and an unused `lm_head` (UNEXPECTED).
@@ -110,15 +126,8 @@ def load_for_rm(cfg: RewardConfig) -> tuple[Any, Any]:
             f"model={cfg.model}: a reward model starts from a trained language model (a run folder such as "
             "runs/quickstart/sft, a model folder or a hub id), not an untrained architecture"
         )
-    report = ExpectedHeadReport()
-    hf_logger = logging.getLogger("transformers.modeling_utils")
-    hf_logger.addFilter(report)
-    try:
+    with fresh_head_expected("reward head"):
         model, tokenizer = load_model(cfg.model, kind="sequence-classification", trust_remote_code=cfg.trust_remote_code)
-    finally:
-        hf_logger.removeFilter(report)
-    if report.fresh:
-        log(f"reward head {', '.join(report.fresh)}: new and randomly initialised, as expected (this stage trains it)")
     if cfg.tokenizer:
         tokenizer = load_tokenizer(cfg.tokenizer, cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
