@@ -21,7 +21,7 @@ weights + bf16 autocast, SFT 16 rows of <= 512 tokens padded to multiples of 64,
 is tokens/s after the warm-up steps and the single-pass one is the first step's time
 (`first step s`).
 The machine, the load average and the date are printed above the table; the JSON of every bench
-is written to `json=PATH` if given.
+is written to `json=PATH` and the table as Markdown to `markdown=PATH` if given.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, options, table
 
 HERE = Path(__file__).resolve().parent
-DEFAULTS: dict[str, Any] = {"size": "cpu", "only": "", "json": "", "timeout_scale": 1.0}
+DEFAULTS: dict[str, Any] = {"size": "cpu", "only": "", "json": "", "markdown": "", "timeout_scale": 1.0}
 
 # bench -> (script, arguments per size, time limit in seconds for size=cpu)
 QWEN = "arch=qwen2.5-0.5b"
@@ -169,6 +169,19 @@ ADAPTERS: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
     "pretrain": rows_pretrain, "sft": rows_sft, "align": rows_align, "rl": rows_rl, "serve": rows_serve}
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table as Markdown (for docs/performance.md)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+        return str(v).replace("|", "/")
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" if c in ("bench", "arm", "unit", "note") else "---:"
+                                                                 for c in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> None:
     opts = options(DEFAULTS, argv)
     size = str(opts["size"])
@@ -219,6 +232,8 @@ def main(argv: list[str]) -> None:
     print(f"total {total:.0f} s; command: .venv/bin/python bench/run_all.py {' '.join(argv)}".rstrip())
     everything["total_s"] = total
     everything["rows"] = rows
+    if opts["markdown"]:
+        Path(str(opts["markdown"])).write_text(markdown(rows) + "\n")
     if opts["json"]:
         Path(str(opts["json"])).write_text(json.dumps(everything, indent=1))
     print(json.dumps({"size": size, "total_s": total, "rows": rows}))
