@@ -47,7 +47,7 @@ QWEN = "arch=qwen2.5-0.5b"
 BENCHES: dict[str, tuple[str, dict[str, list[str]], int]] = {
     "pretrain": ("pretrain.py", {
         "cpu": ["steps=12", "warmup=3", "rounds=3"],
-        "gpu": ["hidden=896", "layers=24", "batch_size=16", "max_length=512", "vocab_size=151936", "steps=20", "warmup=5",
+        "gpu": ["hidden=896", "layers=24", "batch_size=16", "max_length=512", "vocab_size=65536", "steps=20", "warmup=5",
                 "rounds=3"],
         "smoke": ["archs=rnn,transformer", "steps=2", "warmup=1", "rounds=1", "hidden=16", "max_length=16"]}, 150),
     "sft": ("sft.py", {
