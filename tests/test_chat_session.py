@@ -6,8 +6,8 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from lmlab.data.personas import builtin_personas, keyword_hit, keyword_hits, load_persona
 from lmlab.chat.session import ChatSession, render_prompt
+from lmlab.data.personas import builtin_personas, keyword_hit, keyword_hits, load_persona
 from lmlab.errors import ConfigError
 
 

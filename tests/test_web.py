@@ -14,9 +14,9 @@ import pytest
 
 from chat_model import start_server
 from lmlab.chat.engine import BatchEngine
-from lmlab.data.personas import load_persona
 from lmlab.chat.rag import Index, IndexConfig, augment_messages, build_index
 from lmlab.chat.web import WebChat, WebConfig
+from lmlab.data.personas import load_persona
 
 # `make browser` accepts any chromium on PATH, so the test looks there first
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"

@@ -86,8 +86,8 @@ def score(replies: list[str], keywords: list[str]) -> dict[str, Any]:
 
 
 def run(cfg: PersonaEvalConfig) -> dict[str, Any]:
-    from lmlab.data.personas import builtin_personas, load_persona
     from lmlab.data.chat import render_prompt
+    from lmlab.data.personas import builtin_personas, load_persona
     from lmlab.eval.common import print_table, split_list
     from lmlab.generate import decoding_of, generate
     from lmlab.runs import atomic_write_json, atomic_write_text
