@@ -353,7 +353,7 @@ class Trainer:
             old, new = changes["lr"]
             self.updater.rescale_lr(float(new), float(old))
         if self.main:
-            self.run.truncate_metrics(self.state.step)
+            self.run.truncate_metrics(self.state.step, self.state.last_eval_step)
         if changes:
             logbook_rows.append({"step": self.state.step, "event": "resume_changes",
                                  **{k: {"old": o, "new": n} for k, (o, n) in changes.items()}})
