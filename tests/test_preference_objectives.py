@@ -27,7 +27,6 @@ from lmlab.errors import ConfigError
 from lmlab.train.objectives import (
     DPO_LOSS_TYPES,
     DPO_LOSSES,
-    OBJECTIVES,
     causal_lm_loss,
     combine_losses,
     cpo_loss,
@@ -265,11 +264,6 @@ def test_bad_options_are_clear_errors():
         kto_loss(one, one, None, None, torch.tensor([True]), BETA)
     with pytest.raises(ConfigError, match="must be > 0"):
         orpo_loss(one, one, -1.0)
-
-
-def test_objectives_table_names_the_preference_losses():
-    assert OBJECTIVES["dpo"] is dpo_loss and OBJECTIVES["kto"] is kto_loss and OBJECTIVES["orpo"] is orpo_loss
-    assert OBJECTIVES["cpo"] is cpo_loss and OBJECTIVES["simpo"] is simpo_loss
 
 
 # --- token and sequence log-probs ---------------------------------------------------------------

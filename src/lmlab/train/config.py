@@ -185,11 +185,6 @@ class RewardConfig(TrainConfig):
                                                   "labelled text (data=imdb), an RL reward as a label's logit/probability (train/classifier.py)")
 
 
-STAGE_CONFIGS: dict[str, type[TrainConfig]] = {
-    "pt": PretrainConfig,
-    "sft": SFTConfig,
-    "rm": RewardConfig,
-}
 
 
 # -- preference optimisation (issue 11): DPO and variants, KTO, SimPO/CPO, ORPO -------------------
@@ -328,7 +323,6 @@ class ORPOConfig(PreferenceConfig):
     reference_free_why = "the odds ratio compares the policy with itself"
 
 
-STAGE_CONFIGS.update({"dpo": DPOConfig, "kto": KTOConfig, "simpo": SimPOConfig, "orpo": ORPOConfig})
 
 
 # -- online RL (train/online.py) ---------------------------------------------------------------
@@ -435,4 +429,3 @@ class PPOConfig(OnlineRLConfig):
     value_lr: float | None = opt(None, "learning rate of the value head (default: lr)")
 
 
-STAGE_CONFIGS.update({"grpo": GRPOConfig, "rloo": RLOOConfig, "ppo": PPOConfig})

@@ -4,7 +4,8 @@ Each loss takes the tensors a step function computed (logits, rewards, log-proba
 returns the loss plus what the trainer needs to weight it. Keeping them pure is what lets tests
 check worked values by hand and compare with reference implementations (torch, HF, TRL).
 
-`OBJECTIVES` is the table every stage joins: a variant is an entry, not a branch in the trainer.
+A variant is a table entry, not a branch: `DPO_LOSSES`, `KTO_LOSSES` and `CPO_LOSSES` map a
+`loss=` name to its per-example loss, and the preference steps dispatch through them.
 The preference losses (DPO and its variants, KTO, CPO/SimPO, ORPO) follow TRL 1.x's formulas
 exactly (tests/test_preference_objectives.py checks each against TRL's own code to 1e-5); where
 TRL departs from the paper, the docstring says so.
@@ -583,16 +584,3 @@ def orpo_nll_labels(input_ids: Tensor, labels: Tensor, attention_mask: Tensor, n
         return input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
     return labels
 
-
-OBJECTIVES: dict[str, Callable[..., tuple[Tensor, ...]]] = {
-    "causal_lm": causal_lm_loss,
-    "seq2seq": seq2seq_loss,
-    "bradley_terry": bradley_terry_loss,
-    "dpo": dpo_loss,
-    "kto": kto_loss,
-    "cpo": cpo_loss,
-    "simpo": simpo_loss,
-    "orpo": orpo_loss,
-}
-"""Every loss by name; stages and configs refer to these keys. DPO/KTO/CPO variants are rows of
-DPO_LOSSES, KTO_LOSSES and CPO_LOSSES."""

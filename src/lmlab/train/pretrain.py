@@ -241,7 +241,7 @@ def run(cfg: PretrainConfig, *, resume: bool = False, force: bool = False) -> Ru
     """Pretrain `cfg.model` on `cfg.data`; returns the run folder and its final metrics."""
     from lmlab.devices import is_main_process, main_process_first
     from lmlab.models import count_parameters, human
-    from lmlab.train.steps import lm_step, seq2seq_step
+    from lmlab.train.steps import STEPS
     from lmlab.train.trainer import Trainer
 
     cfg, rundir, finished = open_stage("pt", cfg, resume=resume, force=force)
@@ -262,11 +262,10 @@ def run(cfg: PretrainConfig, *, resume: bool = False, force: bool = False) -> Ru
         log(f"data {cfg.data}: {len(train_pairs)} train / {len(val_pairs)} held-out (source, target) pairs")
         train_src = PairBatches(train_pairs, cfg.batch_size, pad, cfg.seed)
         eval_src = PairBatches(val_pairs, cfg.batch_size, pad, cfg.seed, shuffle=False) if val_pairs else None
-        step = seq2seq_step
     else:
         with main_process_first():
             train_src, eval_src = lm_sources(cfg, tokenizer, train_texts, val_texts)
-        step = lm_step
+    step = STEPS["seq2seq" if kind == "seq2seq" else "lm"]  # the step table is the dispatch
     trainer = Trainer(model, step, train_src, cfg, rundir, eval_source=eval_src, tokenizer=tokenizer)
     result = trainer.fit(resume=resume)
     samples = write_samples(trainer.raw, tokenizer, cfg, rundir) if is_main_process() else []
