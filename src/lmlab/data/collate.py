@@ -18,6 +18,7 @@ the previous example.
 """
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Sequence
 from typing import Protocol
@@ -72,25 +73,26 @@ def pack_collate(rows: Sequence[Sequence[Example]], pad_id: int) -> dict[str, Te
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Bin indices of `lengths` into bins of total <= capacity (longest first, tightest bin).
 
-    Deterministic: ties break by index. O(n·bins), fine for the ~1e5 examples SFT sets have.
+    Deterministic: ties break by index (of the example, then of the bin). The open bins are kept
+    sorted by (room left, bin index), so the tightest bin that fits is one bisection away:
+    O(n log n) comparisons (plus list moves done in C) instead of a scan over every bin per
+    example, which took minutes at 10^5 examples.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     bins: list[list[int]] = []
-    room: list[int] = []
+    free: list[tuple[int, int]] = []  # (room left, bin index), ascending
     for i in order:
         n = lengths[i]
         if n > capacity:
             raise ValueError(f"example {i} has {n} tokens > capacity {capacity}; truncate first")
-        best, best_room = -1, capacity + 1
-        for b, free in enumerate(room):
-            if n <= free < best_room:
-                best, best_room = b, free
-        if best < 0:
+        k = bisect.bisect_left(free, (n, -1))  # first bin with room >= n: the tightest, lowest index among equals
+        if k == len(free):
             bins.append([i])
-            room.append(capacity - n)
+            bisect.insort(free, (capacity - n, len(bins) - 1))
         else:
-            bins[best].append(i)
-            room[best] -= n
+            room, b = free.pop(k)
+            bins[b].append(i)
+            bisect.insort(free, (room - n, b))
     return bins
 
 
