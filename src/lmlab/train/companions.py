@@ -55,12 +55,15 @@ def _is_adapter(spec: str) -> bool:
     return folder is not None and (Path(folder) / "adapter_config.json").exists()
 
 
-def load_reference(model_spec: str, *, policy: nn.Module, kind: str = "causal-lm",
-                   trust_remote_code: bool = False) -> nn.Module | None:
-    """The frozen reference policy for a stage that starts from `model_spec`, or None when the
-    policy with adapters disabled *is* that model (see the module docstring)."""
+def load_reference(model_spec: str, *, policy: nn.Module | None, kind: str = "causal-lm",
+                   trust_remote_code: bool = False, policy_spec: str | None = None) -> nn.Module | None:
+    """The frozen reference policy `model_spec`, or None when the policy with adapters disabled
+    *is* that model (see the module docstring). `policy_spec`: where the policy was loaded from,
+    when it may differ from `model_spec` (a separately given reference is then always loaded)."""
     from lmlab.models.load import load_model
 
+    if policy_spec is not None and policy_spec != model_spec:
+        policy = None  # another model than the policy's start: adapters off would not be it
     if _is_adapter(model_spec):
         ref, _ = load_model(model_spec, kind=kind, trust_remote_code=trust_remote_code)
         ref = ref.merge_and_unload()  # the SFT model itself (base + its adapter), one plain module
