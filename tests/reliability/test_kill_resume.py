@@ -1,6 +1,6 @@
 """Kill harness: real `lmlab train` processes SIGKILLed at seeded moments, resumed until finished.
 
-For each scenario (pt transformer, pt lstm, sft with LoRA, rm, dpo) one uninterrupted reference run is
+For each scenario (pt transformer, pt lstm, sft with LoRA, rm, dpo, grpo, ppo) one uninterrupted reference run is
 made, then episodes of the same run that are killed — mid-write of a checkpoint, just before one is
 published, mid-prune, between the two renames that replace best/ or final/, just before
 result.json, or at a random time (mid-step, mid-eval) — and resumed with `--resume` until one
@@ -37,6 +37,8 @@ LEFTOVER_SUFFIXES = (".tmp", ".partial", ".deleting", ".old")
 COMMON = ["max_steps=10", "batch_size=4", "save_every=1", "save_total_limit=2", "eval_every=3",
           "eval_batches=2", "log_every=1", "--quiet"]
 TINY_ARCH = "arch={hidden_size: 32, num_layers: 2, num_heads: 2, intermediate_size: 64}"
+RL = ["max_length=64", "reward=test_online_rl:e_share", "rollout_batch=8", "max_new_tokens=6", "eval_prompts=2",
+      "lr=1e-3"]
 
 
 def scenarios(data: Path, tok: Path, model: Path) -> dict[str, list[str]]:
@@ -49,6 +51,10 @@ def scenarios(data: Path, tok: Path, model: Path) -> dict[str, list[str]]:
                      "max_length=96"],
         "rm": ["train", "rm", f"model={model}", f"data={data}/prefs.jsonl", "max_length=96"],
         "dpo": ["train", "dpo", f"model={model}", f"data={data}/prefs.jsonl", "max_length=96"],
+        # online RL: rounds of 8 rollouts (GRPO: 2 optimizer steps a round, PPO: 2 epochs × 2), so a kill
+        # lands mid-round and the resume must reuse the checkpointed rollout buffer
+        "grpo": ["train", "grpo", f"model={model}", f"data={data}/chat.jsonl", *RL, "num_generations=4", "temperature=3"],
+        "ppo": ["train", "ppo", f"model={model}", f"data={data}/chat.jsonl", *RL, "ppo_epochs=2", "kl_coef=0.1"],
     }
 
 
@@ -73,7 +79,8 @@ def lmlab(argv: list[str], out: Path, env: dict[str, str], *flags: str) -> int:
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    path = os.pathsep.join([str(HERE / "killpoints"), ENV.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # tests/ too: the online-RL scenarios' reward is test_online_rl:e_share
+    path = os.pathsep.join([str(HERE / "killpoints"), str(HERE.parent), ENV.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return {**ENV, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 
 
@@ -115,12 +122,12 @@ def episode(name: str, argv: list[str], out: Path, ref: dict, rng: random.Random
     made, flags = 0, ["--force"]
     while True:
         plan = ""
-        if made < budget:
-            kind = rng.choice(PLANS)
+        if made < budget:  # only kill points the reference run reached (online RL swaps nothing; one finish)
+            kind = rng.choice([k for k in PLANS if k == "time" or ref.get(k)])
             if kind == "time":
                 plan = f"time:{rng.uniform(0.3, 1.0) * ref['seconds']:.2f}"
             else:
-                plan = f"{kind}:{rng.randint(1, 2)}"
+                plan = f"{kind}:{rng.randint(1, min(2, ref[kind]))}"
         rc = lmlab(argv, out, child_env(LMLAB_KILL=plan), *flags)
         flags = ["--resume"]
         if rc == 0:
@@ -137,7 +144,8 @@ def scenario(name: str, argv: list[str], want: int, seed: int, root: Path) -> Ta
     ref_out, count = root / f"{name}-ref", root / f"{name}-count.json"
     assert lmlab(argv, ref_out, child_env(LMLAB_KILL_COUNT=str(count))) == 0
     ref = json.loads(count.read_text())
-    assert ref.get("publish", 0) == 10 and ref.get("prune", 0) >= 8, ref  # the kill points are reached
+    # the kill points are reached (online RL keeps its best checkpoint out of pruning: 7 prunes)
+    assert ref.get("publish", 0) == 10 and ref.get("prune", 0) >= 7, ref
     ref_losses, ref_weights = losses(ref_out), weights(RunDir(ref_out).final_dir)
     assert len([s for s in ref_losses if s[1] == "train"]) == 10 and ref_weights
     made = 0
