@@ -43,6 +43,11 @@ RL = ["max_length=64", "reward=test_online_rl:e_share", "rollout_batch=8", "max_
 
 def scenarios(data: Path, tok: Path, model: Path) -> dict[str, list[str]]:
     return {
+        # online RL first (the slowest; the pool runs two at a time, the short ones fill in after). Rounds
+        # of 8 rollouts (GRPO: 2 optimizer steps a round, PPO: 2 epochs × 2), so a kill lands mid-round
+        # and the resume must reuse the checkpointed rollout buffer
+        "grpo": ["train", "grpo", f"model={model}", f"data={data}/chat.jsonl", *RL, "num_generations=4", "temperature=3"],
+        "ppo": ["train", "ppo", f"model={model}", f"data={data}/chat.jsonl", *RL, "ppo_epochs=2", "kl_coef=0.1"],
         "pt-transformer": ["train", "pt", "model=transformer:tiny", TINY_ARCH, f"tokenizer={tok}", f"data={data}/pt.txt",
                            "max_length=32"],
         "pt-lstm": ["train", "pt", "model=lstm:tiny", "arch={hidden_size: 32, num_layers: 1}", f"tokenizer={tok}",
@@ -51,10 +56,6 @@ def scenarios(data: Path, tok: Path, model: Path) -> dict[str, list[str]]:
                      "max_length=96"],
         "rm": ["train", "rm", f"model={model}", f"data={data}/prefs.jsonl", "max_length=96"],
         "dpo": ["train", "dpo", f"model={model}", f"data={data}/prefs.jsonl", "max_length=96"],
-        # online RL: rounds of 8 rollouts (GRPO: 2 optimizer steps a round, PPO: 2 epochs × 2), so a kill
-        # lands mid-round and the resume must reuse the checkpointed rollout buffer
-        "grpo": ["train", "grpo", f"model={model}", f"data={data}/chat.jsonl", *RL, "num_generations=4", "temperature=3"],
-        "ppo": ["train", "ppo", f"model={model}", f"data={data}/chat.jsonl", *RL, "ppo_epochs=2", "kl_coef=0.1"],
     }
 
 
