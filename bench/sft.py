@@ -30,6 +30,11 @@ MFU = 6 · N · real tokens/s / peak, N = parameters in matrix products (all but
 embedding; the tied embedding counts once, as the LM head), the peak measured once by a timed
 matmul in the training dtype (`common.peak_flops`).
 
+`profile=1` runs every arm under cProfile with a CPU-time clock and adds `profile_ms_per_step`
+(CPU milliseconds per step of the model forward, loss, backward, clipping, AdamW, collation,
+`weight_of` and the Trainer's own bookkeeping) to each arm: where lmlab's step differs from the
+plain loop's.
+
 Prints a table, then one JSON object. Ratios (`<what>_vs_<baseline>`): `tokens_per_s_vs_plain`
 (lmlab padded vs plain padded: the loop alone), `tokens_per_s_packed_vs_plain_packed`,
 `tokens_per_s_vs_trl` and `peak_mem_vs_trl` (best lmlab arm vs best TRL arm, by tokens/s),
@@ -53,7 +58,7 @@ __all__ = ["Meter"]  # bench/align.py and bench/rl.py import it from here
 
 DEFAULTS: dict[str, Any] = {"steps": 24, "warmup": 4, "rounds": 3, "batch_size": 8, "max_length": 256, "n": 2000,
                             "hidden": 256, "layers": 4, "vocab_size": 2048, "arch": "small", "pad_to_multiple_of": 0,
-                            "lr": 3e-4, "seed": 0, "arms": "lmlab_padded,plain_padded,trl_padded,lmlab_packed,plain_packed,trl_packed"}
+                            "lr": 3e-4, "seed": 0, "profile": 0, "arms": "lmlab_padded,plain_padded,trl_padded,lmlab_packed,plain_packed,trl_packed"}
 ARMS = ("lmlab_padded", "lmlab_packed", "plain_padded", "plain_packed", "trl_padded", "trl_packed", "trl_defaults")
 
 # The Qwen2.5-0.5B architecture (its config.json), built with random weights for the GPU anchors.
@@ -226,13 +231,45 @@ def run_trl(root: Path, opts: dict[str, Any], packed: bool, checkpointing: bool 
     return meter.report(opts["warmup"])
 
 
+PARTS = {  # profile row -> (file suffix, function name) of what it sums (cumulative CPU time)
+    "model forward": ("modeling_qwen2.py", "forward", 415), "loss (cross_entropy)": ("functional.py", "cross_entropy", None),
+    "backward": ("", "run_backward", None), "clip_grad_norm_": ("clip_grad.py", "clip_grad_norm_", None),
+    "AdamW": ("adam.py", "_single_tensor_adam", None), "collation (lmlab source.get)": ("collate.py", "get", None),
+    "collation (plain)": ("sft.py", "plain_", None), "weight_of": ("steps.py", "weight_of", None),
+    "Trainer.fit own time": ("trainer.py", "fit", None)}
+
+
+def profile_parts(prof: Any, steps: int) -> dict[str, float]:
+    """CPU milliseconds per step of each part in PARTS (`profile=1`: cProfile with a CPU clock)."""
+    import pstats
+
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    out = {}
+    for name, (suffix, func, line) in PARTS.items():
+        own = name.endswith("own time")
+        total = sum(v[2] if own else v[3] for (f, ln, fn), v in stats.items()
+                    if f.endswith(suffix) and func in fn and (line is None or ln == line))
+        out[name] = round(1000 * total / steps, 2)
+    return out
+
+
 def child(arm: str, root: Path, opts: dict[str, Any]) -> None:
     os.environ.setdefault("LMLAB_QUIET", "1")
+    if opts.get("profile"):
+        import cProfile
+        import time
+
+        prof = cProfile.Profile(time.process_time)
+        prof.enable()
     runs = {"lmlab_packed": lambda: run_lmlab(root, opts, True), "lmlab_padded": lambda: run_lmlab(root, opts, False),
             "plain_packed": lambda: run_plain(root, opts, True), "plain_padded": lambda: run_plain(root, opts, False),
             "trl_padded": lambda: run_trl(root, opts, False), "trl_packed": lambda: run_trl(root, opts, True),
             "trl_defaults": lambda: run_trl(root, opts, False, checkpointing=True)}
-    print("RESULT " + json.dumps(runs[arm]()))
+    result = runs[arm]()
+    if opts.get("profile"):
+        prof.disable()
+        result["profile_ms_per_step"] = profile_parts(prof, opts["steps"])
+    print("RESULT " + json.dumps(result))
 
 
 # -- driver ----------------------------------------------------------------------------------------
@@ -301,6 +338,9 @@ def main(argv: list[str]) -> None:
           f"({peak_source}); median of {opts['rounds']} rounds, {opts['steps']} steps ({opts['warmup']} not timed), "
           f"batch {opts['batch_size']}, max_length {opts['max_length']}")
     print(table(rows, ["arm", "tok/s", "min", "max", "tok/cpu-s", "first step s", mem, "mfu", "load"]))
+    for arm, r in results.items():
+        if "profile_ms_per_step" in r:
+            print(f"{arm} CPU ms per step: " + ", ".join(f"{k} {v:.1f}" for k, v in r["profile_ms_per_step"].items() if k != "rounds"))
     print("  ".join(f"{k} {v:.3f}" for k, v in summary.items() if "_vs_" in k))
     emit(summary)
 
