@@ -201,3 +201,21 @@ def test_template_that_rewrites_earlier_turns_is_refused(tok):
     )
     with pytest.raises(DataError, match=r"not prefix-stable.*template=chatml"):
         encode_chat(tok, MULTI[1:], template=template)
+
+
+def test_stop_token_ids_cache_follows_the_tokenizer(tiny_tokenizer_dir):
+    """The per-tokenizer cache gives the same ids as a fresh computation, and changes with eos."""
+    from transformers import AutoTokenizer
+
+    from lmlab.templates import stop_token_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    first = stop_token_ids(tok)
+    calls = []
+    real = tok.get_vocab
+    tok.get_vocab = lambda: calls.append(1) or real()
+    assert stop_token_ids(tok) == first and not calls  # cached: the vocabulary is not rebuilt
+    vocab = real()
+    assert first[0] == tok.eos_token_id and vocab["<|im_end|>"] in first
+    tok.eos_token = "<|pad|>"
+    assert stop_token_ids(tok)[0] == vocab["<|pad|>"] and calls  # eos changed: recomputed

@@ -9,6 +9,7 @@ generation can stop on it (`stop_token_ids`).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 # A system message, if any, must come first. `bos_token`/`eos_token` are the tokenizer's.
@@ -86,7 +87,14 @@ def get_template(name: str) -> str:
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:
-    """Token ids that end a reply: eos plus any known end-of-turn token in the vocabulary."""
+    """Token ids that end a reply: eos plus any known end-of-turn token in the vocabulary.
+
+    Cached on the tokenizer (keyed by its eos id and size): SFT encoding asks once per example, and
+    `get_vocab()` builds the whole vocabulary dict each time (151k entries for Qwen2.5)."""
+    key = (tokenizer.eos_token_id, len(tokenizer))
+    cached = getattr(tokenizer, "_lmlab_stop_ids", None)
+    if cached is not None and cached[0] == key:
+        return list(cached[1])
     ids: list[int] = []
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
@@ -94,4 +102,6 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
     for tok in KNOWN_END_TOKENS:
         if tok in vocab and vocab[tok] not in ids:
             ids.append(int(vocab[tok]))
+    with contextlib.suppress(AttributeError, TypeError):  # a tokenizer that refuses new attributes: no cache
+        tokenizer._lmlab_stop_ids = (key, tuple(ids))
     return ids
