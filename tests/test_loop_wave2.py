@@ -285,3 +285,30 @@ def test_result_json_is_written_after_samples(tiny_qwen2_dir, tmp_path, monkeypa
     monkeypatch.undo()
     res = sft.run(c, resume=True)
     assert (tmp_path / "run" / "result.json").exists() and res.metrics["samples"][0]["prompt"] == "hello"
+
+
+# -- TensorBoard ----------------------------------------------------------------------------------
+def _tb_scalars(tb_dir, tag):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer().AddRunsFromDirectory(str(tb_dir))
+    mux.Reload()
+    out = {}
+    for run in mux.Runs():
+        if tag in mux.GetAccumulator(run).Tags().get("scalars", []):
+            for e in mux.Scalars(run, tag):
+                out[e.step] = e.value
+    return out
+
+
+def test_tensorboard_holds_the_logged_losses_also_after_a_resume(tmp_path):
+    run = RunDir(tmp_path / "run")
+    cfg = config(max_steps=6, save_every=3)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_model(), lm_step, BlockSource(pattern_tokens(800), 16, 4), cfg, run, callbacks=[StopAfter(5)]).fit()
+    Trainer(tiny_model(), lm_step, BlockSource(pattern_tokens(800), 16, 4), cfg, run).fit(resume=True)
+    logged = {r["step"]: r["loss"] for r in run.metrics() if r.get("split") == "train"}
+    tb = _tb_scalars(run.tb_dir, "train/loss")
+    assert sorted(tb) == sorted(logged) == [1, 2, 3, 4, 5, 6]
+    for step, loss in logged.items():
+        assert tb[step] == pytest.approx(loss, rel=1e-6)

@@ -373,7 +373,7 @@ class Trainer:
         elif self.main and self.run.metrics_path.exists():  # nothing to resume from: rows of an earlier attempt go
             self.run.truncate_metrics(0)
         s = self.state
-        logbook = Logbook(self.run, self.main, purge_step=s.step if s.step else None)
+        logbook = Logbook(self.run, self.main, purge_step=s.step + 1 if s.step else None)  # events after the checkpoint go
         for row in pending:
             logbook.write(row)
         stopped_early = False
@@ -406,6 +406,7 @@ class Trainer:
                         self._eval_and_track(logbook)
                     if cfg.save_every and s.step % cfg.save_every == 0:
                         self._save_checkpoint()
+                        logbook.flush()
                     bar.update(1, loss=out.loss_sum / max(out.weight, 1e-12), tok_s=out.tokens / dt if dt > 0 else 0.0)
             stopped_early = self.should_stop and s.step < self.total_steps
             if s.win_weight > 0:  # a stop between log steps: flush the open window
