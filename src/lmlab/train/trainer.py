@@ -206,11 +206,6 @@ class Trainer:
         finally:
             model.train(was_training)
 
-    @property
-    def synced_generation(self) -> bool:
-        """Whether `generate` must run with synced_gpus=True (sharded weights, several processes)."""
-        return self.world > 1 and self.checkpointer.sharded
-
     # -- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
