@@ -1,7 +1,7 @@
 """Progress bars (rich) with rate and ETA; silent in quiet mode.
 
 Quiet mode is on when `LMLAB_QUIET=1` (set by `--quiet`) or when stdout is not a terminal and
-`CI` is set, so CI logs stay readable.
+`CI` is set, so CI logs stay readable. An explicit `LMLAB_QUIET=0` wins over `CI`.
 """
 from __future__ import annotations
 
@@ -23,7 +23,10 @@ from rich.progress import (
 
 
 def is_quiet() -> bool:
-    return os.environ.get("LMLAB_QUIET") == "1" or (bool(os.environ.get("CI")) and not sys.stdout.isatty())
+    setting = os.environ.get("LMLAB_QUIET")
+    if setting in ("0", "1"):
+        return setting == "1"
+    return bool(os.environ.get("CI")) and not sys.stdout.isatty()
 
 
 def console() -> Console:
