@@ -75,7 +75,14 @@ def load_reference(model_spec: str, *, policy: nn.Module | None, kind: str = "ca
 
 
 @torch.no_grad()
-def reference_logits(ctx: Any, **inputs: Tensor) -> Tensor:
+def reference_model(ctx: Any) -> Any:
+    """The module `reference_logits` runs: the "ref" companion, else `ctx.ref_model`, else the policy."""
+    ref = ctx.companions.get("ref") if ctx.companions else None
+    ref = ref if ref is not None else ctx.ref_model
+    return ref if ref is not None else ctx.policy
+
+
+def reference_logits(ctx: Any, **inputs: Any) -> Tensor:
     """Logits of the reference: the "ref" companion, else the policy with its adapters off."""
     ref = ctx.companions.get("ref") if ctx.companions else None
     ref = ref if ref is not None else ctx.ref_model

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from lmlab.data.alignment_batches import batch_units
-from lmlab.train.companions import reference_logits
+from lmlab.train.companions import reference_logits, reference_model
+from lmlab.train.forward import align_labels, window_kwargs
 from lmlab.train.objectives import (
     causal_lm_loss,
     combine_losses,
@@ -51,10 +52,16 @@ def _tokens(batch: dict[str, Tensor]) -> int:
     return int(batch["attention_mask"].sum())
 
 
-def policy_token_logps(model: nn.Module, batch: dict[str, Tensor], rows: slice = slice(None)) -> tuple[Tensor, Tensor, Tensor]:
-    """(logits (N, T, V), per-token log-probs (N, T-1), reply mask (N, T-1)) of the policy on `rows`."""
-    logits = model(**_inputs(batch, rows)).logits  # (N, T, V)
-    per_token, mask = token_logps(logits, batch["labels"][rows])
+def policy_token_logps(model: nn.Module, batch: dict[str, Tensor], rows: slice = slice(None), window: bool = True
+                       ) -> tuple[Tensor, Tensor, Tensor]:
+    """(logits (N, L, V), per-token log-probs (N, L-1), reply mask (N, L-1)) of the policy on `rows`.
+
+    With `window` the LM head runs on the last L positions that hold every reply token
+    (`forward.window_kwargs`), else on all T; the sums over the mask are the same either way.
+    """
+    labels = batch["labels"][rows]
+    logits = model(**_inputs(batch, rows), **(window_kwargs(model, labels) if window else {})).logits  # (N, L, V)
+    per_token, mask = token_logps(logits, align_labels(labels, logits))
     return logits, per_token, mask
 
 
@@ -68,7 +75,9 @@ def reference_logps(ctx: StepContext, batch: dict[str, Tensor]) -> Tensor:
     cached = batch.get("ref_logps")
     if cached is not None:
         return cached
-    return sequence_logps(reference_logits(ctx, **_inputs(batch)), batch["labels"])[0]
+    labels = batch["labels"]
+    logits = reference_logits(ctx, **_inputs(batch), **window_kwargs(reference_model(ctx), labels))
+    return sequence_logps(logits, align_labels(labels, logits))[0]
 
 
 def _pair_metrics(beta: float, logps: Tensor, ref: Tensor, lengths: Tensor) -> dict[str, float]:
@@ -170,14 +179,15 @@ def orpo_step(model: nn.Module, batch: dict[str, Tensor], ctx: StepContext) -> S
     """ORPO: NLL of the chosen responses + β·odds-ratio term; options beta, nll_on_prompt."""
     opt = ctx.options
     beta = float(opt["beta"])
-    logits, per_token, mask = policy_token_logps(model, batch)
+    on_prompt = bool(opt.get("nll_on_prompt", False))
+    logits, per_token, mask = policy_token_logps(model, batch, window=not on_prompt)  # the prompt NLL needs every logit
     logps, n = per_token.sum(-1), mask.sum(-1)
     B = logps.size(0) // 2
     avg = logps / n.clamp(min=1)  # (2B,)
     or_losses, log_odds = orpo_loss(avg[:B], avg[B:], beta)
     labels = orpo_nll_labels(batch["input_ids"][:B], batch["labels"][:B], batch["attention_mask"][:B],
-                             bool(opt.get("nll_on_prompt", False)))
-    nll, _ = causal_lm_loss(logits[:B], labels)
+                             on_prompt)
+    nll, _ = causal_lm_loss(logits[:B], align_labels(labels, logits))
     metrics = {"nll": float(nll.detach()), "or_loss": float(or_losses.detach().mean()),
                "log_odds": float(log_odds.detach().mean()), "reward_accuracy": float((log_odds > 0).float().mean()),
                "logp_chosen": float(logps[:B].detach().mean()), "logp_rejected": float(logps[B:].detach().mean())}

@@ -18,7 +18,6 @@ a run killed mid-round resumes on the same rollouts with the same losses. Sampli
 """
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -106,11 +105,6 @@ def completion_mask(tokens: Tensor, stop_ids: Sequence[int]) -> tuple[Tensor, Te
     return positions <= first.unsqueeze(1), ended
 
 
-def _accepts_position_ids(model: nn.Module) -> bool:
-    inner = getattr(model, "policy", model)
-    return "position_ids" in inspect.signature(inner.forward).parameters
-
-
 def forward_completion(model: nn.Module, batch: dict[str, Tensor], temperature: float
                        ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(log-probs (N, C) of the completion tokens under softmax(logits / T), entropy (N, C), values (N, C) or None).
@@ -120,15 +114,18 @@ def forward_completion(model: nn.Module, batch: dict[str, Tensor], temperature: 
     row is scored exactly as it was sampled.
     """
     from lmlab.models.value_head import PolicyValueOutput
+    from lmlab.train.forward import accepts
     from lmlab.train.objectives import IGNORE_INDEX, token_logps
 
     ids, mask, cmask = batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
     P = ids.size(1) - cmask.size(1)
     inputs = {"input_ids": ids, "attention_mask": mask}
-    if _accepts_position_ids(model):
+    if accepts(model, "position_ids"):
         inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    if accepts(model, "logits_to_keep"):  # the LM head on the completion window only (train/forward.py)
+        inputs["logits_to_keep"] = cmask.size(1) + 1
     out = model(**inputs)
-    logits = out.logits[:, P - 1:].float() / max(temperature, 1e-7)  # (N, C+1, V): position t predicts token t+1
+    logits = out.logits[:, -(cmask.size(1) + 1):].float() / max(temperature, 1e-7)  # (N, C+1, V): t predicts t+1
     labels = torch.cat([ids[:, P - 1:P], ids[:, P:].masked_fill(~cmask.bool(), IGNORE_INDEX)], dim=1)  # (N, C+1)
     logp, _ = token_logps(logits, labels)  # (N, C)
     entropy = adv.token_entropy(logits[:, :-1].detach())

@@ -123,10 +123,10 @@ def check_packing(model: Any) -> None:
 
     A recurrent model would carry its state from one packed example into the next: refuse.
     """
-    import inspect
+    from lmlab.train.forward import accepts
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if "position_ids" not in inspect.signature(base.forward).parameters:
+    if not accepts(model, "position_ids"):
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
         raise ConfigError(
             f"packing=true: {type(base).__name__} does not take position_ids, so packed examples would leak "
             "into each other; set packing=false (group_by_length=true also cuts padding)"
