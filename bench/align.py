@@ -15,6 +15,9 @@ Arms (each in its own subprocess so its peak memory is its own):
 - `lmlab_sft`: the same 2B rows per step through `lm_step` (the memory baseline of the target
   "DPO with precomputed reference ≤ 1.1 × SFT peak memory").
 - `lmlab_rm` / `trl_rm`: Bradley–Terry reward model (`train rm` parts vs RewardTrainer).
+- `lmlab_dpo_grouped` / `lmlab_rm_grouped`: the same with `group_by_length=true` (pairs of similar
+  length batched together, as a user can choose): same data and batch size, other batch
+  compositions, less padding. Reported beside, never instead of, the same-batches ratios.
 
 Timing is the shared forward pre-hook `Meter` of bench/sft.py (wall and CPU time of every training
 forward, `warmup` steps excluded); pairs/s = pairs per step × timed steps / span. Prints one JSON
@@ -34,7 +37,8 @@ from typing import Any
 
 DEFAULTS: dict[str, Any] = {"steps": 20, "warmup": 3, "batch_size": 8, "max_length": 256, "n": 400, "hidden": 128,
                             "layers": 2, "vocab_size": 2048, "lr": 1e-5, "beta": 0.1, "seed": 0}
-ARMS = ("lmlab_dpo", "trl_dpo", "lmlab_dpo_live", "trl_dpo_live", "lmlab_sft", "lmlab_rm", "trl_rm")
+ARMS = ("lmlab_dpo", "trl_dpo", "lmlab_dpo_live", "trl_dpo_live", "lmlab_sft", "lmlab_rm", "trl_rm",
+        "lmlab_dpo_grouped", "lmlab_rm_grouped")
 
 
 # -- shared setup (parent) -------------------------------------------------------------------------
@@ -87,7 +91,8 @@ def _cfg(opts: dict[str, Any], klass: Any, **kw: Any) -> Any:
                  save_every=0, weight_decay=0.0, clip_grad=1.0, device="auto", **kw)
 
 
-def run_lmlab_dpo(root: Path, opts: dict[str, Any], precompute: bool, sft: bool = False) -> dict[str, Any]:
+def run_lmlab_dpo(root: Path, opts: dict[str, Any], precompute: bool, sft: bool = False, grouped: bool = False
+                  ) -> dict[str, Any]:
     """The `train dpo` pipeline minus loading by name: pairs → (reference pass) → Trainer(dpo_step)."""
     import torch
     from sft import Meter
@@ -111,7 +116,7 @@ def run_lmlab_dpo(root: Path, opts: dict[str, Any], precompute: bool, sft: bool 
         src = PaddedBatches(rows, 2 * opts["batch_size"], tok.pad_token_id, seed=opts["seed"])
         Trainer(model, lm_step, src, _cfg(opts, SFTConfig), RunDir(out / "run")).fit()
         return meter.report(opts["warmup"])
-    src = PolicyPairBatches(pairs, opts["batch_size"], tok.pad_token_id, seed=opts["seed"])
+    src = PolicyPairBatches(pairs, opts["batch_size"], tok.pad_token_id, seed=opts["seed"], group_by_length=grouped)
     ctx = StepContext(options={"beta": opts["beta"], "kinds": ["sigmoid"]})
     ref = freeze(_policy(root)[0])
     if precompute:
@@ -148,7 +153,7 @@ def run_trl_dpo(root: Path, opts: dict[str, Any], precompute: bool) -> dict[str,
     return meter.report(opts["warmup"])
 
 
-def run_lmlab_rm(root: Path, opts: dict[str, Any]) -> dict[str, Any]:
+def run_lmlab_rm(root: Path, opts: dict[str, Any], grouped: bool = False) -> dict[str, Any]:
     from sft import Meter
     from transformers import AutoModelForSequenceClassification
 
@@ -163,7 +168,7 @@ def run_lmlab_rm(root: Path, opts: dict[str, Any]) -> dict[str, Any]:
     model.config.pad_token_id = tok.pad_token_id
     pairs = encode_pairs(tok, _records(root), opts["max_length"], "auto", "bench")
     meter = Meter(model, tok.pad_token_id)
-    src = PairBatches(pairs, opts["batch_size"], tok.pad_token_id, seed=opts["seed"])
+    src = PairBatches(pairs, opts["batch_size"], tok.pad_token_id, seed=opts["seed"], group_by_length=grouped)
     out = Path(tempfile.mkdtemp(prefix="lmlab-bench-rm-"))
     Trainer(model, reward_step, src, _cfg(opts, RewardConfig), RunDir(out / "run")).fit()
     return meter.report(opts["warmup"])
@@ -196,7 +201,9 @@ def child(arm: str, root: Path, opts: dict[str, Any]) -> None:
     runs = {"lmlab_dpo": lambda: run_lmlab_dpo(root, opts, True), "lmlab_dpo_live": lambda: run_lmlab_dpo(root, opts, False),
             "lmlab_sft": lambda: run_lmlab_dpo(root, opts, False, sft=True),
             "trl_dpo": lambda: run_trl_dpo(root, opts, True), "trl_dpo_live": lambda: run_trl_dpo(root, opts, False),
-            "lmlab_rm": lambda: run_lmlab_rm(root, opts), "trl_rm": lambda: run_trl_rm(root, opts)}
+            "lmlab_rm": lambda: run_lmlab_rm(root, opts), "trl_rm": lambda: run_trl_rm(root, opts),
+            "lmlab_dpo_grouped": lambda: run_lmlab_dpo(root, opts, True, grouped=True),
+            "lmlab_rm_grouped": lambda: run_lmlab_rm(root, opts, grouped=True)}
     result = runs[arm]()
     result["pairs_per_s"] = opts["batch_size"] / result["s_per_step"]
     print("RESULT " + json.dumps(result))
@@ -244,6 +251,8 @@ def main(argv: list[str]) -> None:
     ratio("lmlab_dpo", "lmlab_sft", "peak_rss_above_model_mb", "dpo_peak_mem_above_model_vs_sft")
     ratio("lmlab_rm", "trl_rm", "pairs_per_s", "rm_pairs_per_s_vs_trl")
     ratio("lmlab_rm", "trl_rm", mem, "rm_peak_mem_vs_trl")
+    ratio("lmlab_dpo_grouped", "trl_dpo", "pairs_per_s", "grouped_pairs_per_s_vs_trl")
+    ratio("lmlab_rm_grouped", "trl_rm", "pairs_per_s", "grouped_rm_pairs_per_s_vs_trl")
     print(json.dumps(summary))
 
 

@@ -98,3 +98,28 @@ def test_feedback_batches_hold_completions_then_kl_rows(tok):
     for k, i in enumerate(idx):
         assert b["input_ids"][k, :len(exs[i].completion)].tolist() == exs[i].completion.input_ids
         assert b["input_ids"][2 + k, :len(exs[i].kl)].tolist() == exs[i].kl.input_ids
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto"])
+def test_group_by_length_cuts_padding_and_keeps_every_unit_once(tok, stage):
+    """`group_by_length=true` on a preference stage: each pair once per epoch, fewer pad tokens."""
+    from lmlab.config import build
+    from lmlab.train.config import DPOConfig, KTOConfig
+    from lmlab.train.preference import load_sources
+
+    klass, data = (DPOConfig, "storyworld/prefs") if stage == "dpo" else (KTOConfig, "storyworld/kto")
+
+    def epoch(grouped: bool) -> tuple[list[int], int]:
+        cfg = build(klass, {"model": "x", "out": "x", "data": data, "limit": 96, "batch_size": 4,
+                            "max_length": 4096, "val_fraction": 0.0, "group_by_length": grouped})
+        src = load_sources(cfg, tok)[0]
+        seen, pads = [], 0
+        for i in range(len(src)):
+            b = src.get(i)
+            seen += b["index"].tolist()
+            pads += int((b["attention_mask"] == 0).sum())
+        return sorted(seen), pads
+
+    (plain_seen, plain_pads), (grouped_seen, grouped_pads) = epoch(False), epoch(True)
+    assert plain_seen == grouped_seen == list(range(len(plain_seen)))
+    assert grouped_pads < 0.6 * plain_pads

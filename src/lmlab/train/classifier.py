@@ -124,7 +124,7 @@ def run(cfg: RewardConfig, *, resume: bool = False, force: bool = False) -> RunR
     val_ex = encode_labelled(tokenizer, val, names, cfg.max_length, cfg.eval_data or cfg.data) if val else []
     log(f"classifier {names}: {len(train_ex)} train / {len(val_ex)} held-out texts; {trainable:,} trainable parameters")
     pad = tokenizer.pad_token_id
-    train_src = LabelledBatches(train_ex, cfg.batch_size, pad, seed=cfg.seed)
+    train_src = LabelledBatches(train_ex, cfg.batch_size, pad, seed=cfg.seed, group_by_length=cfg.group_by_length)
     eval_src = LabelledBatches(val_ex, cfg.batch_size, pad, seed=cfg.seed, group_by_length=True) if val_ex else None
     trainer = Trainer(model, classification_step, train_src, cfg, rundir, eval_source=eval_src, tokenizer=tokenizer)
     result = trainer.fit(resume=resume)

@@ -180,6 +180,8 @@ class RewardConfig(TrainConfig):
     lora: LoraSettings = opt(LoraSettings, "LoRA settings (tuning=lora)")
     freeze: FreezeSettings = opt(FreezeSettings, "partial unfreezing (tuning=freeze)")
     template: str = opt("auto", "chat template used to render prompt + response")
+    group_by_length: bool = opt(False, "batch pairs of similar length together: less padding, faster steps (batches then "
+                                "mix less: a small model may learn length shortcuts a shuffled batch hides)")
     trust_remote_code: bool = opt(False, "allow model code from the hub")
     kind: Literal["pairwise", "classifier"] = opt("pairwise", "pairwise: Bradley–Terry on preference pairs; classifier: cross-entropy on "
                                                   "labelled text (data=imdb), an RL reward as a label's logit/probability (train/classifier.py)")
@@ -207,6 +209,7 @@ class PreferenceConfig(TrainConfig):
     precompute_ref: bool = opt(False, "compute π_ref's log-probs once before training (cached in the run folder, reused by a rerun) and never load π_ref while training: less memory, faster steps")
     judge_prompts: int = opt(32, "held-out prompts answered greedily at the end and scored by the storyworld gold judge (storyworld data; 0 = off)")
     max_new_tokens: int = opt(96, "tokens generated per held-out answer")
+    group_by_length: bool = opt(False, "batch pairs (examples) of similar length together: less padding, faster steps")
     trust_remote_code: bool = opt(False, "allow model code from the hub")
 
     # the loss names a stage accepts; None = any key of the stage's table

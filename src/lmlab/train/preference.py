@@ -123,7 +123,7 @@ def load_sources(cfg: PreferenceConfig, tokenizer: Any) -> tuple[Any, Any, Align
         units, stats = encode_policy_pairs(tokenizer, train, opts, cfg.data)
         val_units = encode_policy_pairs(tokenizer, val, opts, cfg.eval_data or cfg.data)[0] if val else []
         klass = PolicyPairBatches
-    src = klass(units, cfg.batch_size, pad, seed=cfg.seed)
+    src = klass(units, cfg.batch_size, pad, seed=cfg.seed, group_by_length=cfg.group_by_length)
     ev = klass(val_units, cfg.batch_size, pad, seed=cfg.seed) if val_units else None
     return src, ev, stats
 

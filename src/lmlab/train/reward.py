@@ -191,7 +191,7 @@ def run(cfg: RewardConfig, *, resume: bool = False, force: bool = False) -> RunR
     train, val, test = load_pairs(cfg, tokenizer)
     log(f"data {cfg.data}: {len(train)} train / {len(val)} selection / {len(test)} test pairs")
     pad = tokenizer.pad_token_id
-    train_src = PairBatches(train, cfg.batch_size, pad, seed=cfg.seed)
+    train_src = PairBatches(train, cfg.batch_size, pad, seed=cfg.seed, group_by_length=cfg.group_by_length)
     eval_src = PairBatches(val, cfg.batch_size, pad, seed=cfg.seed, group_by_length=True) if val else None
     ctx = StepContext(options={"margin": cfg.margin, "center_rewards": cfg.center_rewards})
     trainer = Trainer(model, reward_step, train_src, cfg, rundir, eval_source=eval_src, tokenizer=tokenizer, ctx=ctx)
