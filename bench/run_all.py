@@ -56,10 +56,10 @@ BENCHES: dict[str, tuple[str, dict[str, list[str]], int]] = {
                 "arms=lmlab_padded,plain_padded,trl_padded,lmlab_packed,plain_packed,trl_packed"],
         "smoke": ["steps=4", "warmup=1", "rounds=1", "hidden=64", "layers=1", "n=100", "max_length=128"]}, 300),
     "align": ("align.py", {
-        "cpu": ["steps=10", "warmup=2", "n=200", "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm"],
+        "cpu": ["steps=10", "warmup=2", "n=200", "arms=lmlab_dpo,trl_dpo,lmlab_dpo_grouped,lmlab_rm,trl_rm,lmlab_rm_grouped"],
         "gpu": ["hidden=896", "layers=24", "batch_size=8", "max_length=512", "steps=20", "warmup=5", "rounds=3",
                 "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm,lmlab_sft"],
-        "smoke": ["steps=3", "warmup=1", "n=40", "hidden=32", "layers=1", "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm"]}, 150),
+        "smoke": ["steps=3", "warmup=1", "n=40", "hidden=32", "layers=1", "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm"]}, 210),
     "rl": ("rl.py", {
         "cpu": ["steps=6", "warmup=2"],
         "gpu": ["hidden=896", "layers=24", "prompts_per_step=8", "num_generations=8", "max_new_tokens=128", "steps=12",
@@ -138,9 +138,12 @@ def rows_sft(out: dict[str, Any]) -> list[dict[str, Any]]:
 def rows_align(out: dict[str, Any]) -> list[dict[str, Any]]:
     arms, rows = out["arms"], []
     for arm, r in arms.items():
-        what = "rm" if arm.endswith("_rm") else ("sft rows" if arm.endswith("_sft") else "dpo")
-        trl = arms.get(arm.replace("lmlab_", "trl_")) if arm.startswith("lmlab_") else None
-        rows.append(_arm_row(what, arm, "pairs/s", r, "pairs_per_s", None, trl, "no plain-loop arm"))
+        grouped = arm.endswith("_grouped")
+        base = arm.removesuffix("_grouped")
+        what = "rm" if base.endswith("_rm") else ("sft rows" if base.endswith("_sft") else "dpo")
+        trl = arms.get(base.replace("lmlab_", "trl_")) if arm.startswith("lmlab_") else None
+        note = "group_by_length=true: other batches, less padding" if grouped else "no plain-loop arm"
+        rows.append(_arm_row(what, arm, "pairs/s", r, "pairs_per_s", None, trl, note))
     return rows
 
 
