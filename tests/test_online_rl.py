@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lmlab.errors import ConfigError, DataError
+from lmlab.runs import read_jsonl
 from lmlab.train.rollout import Sampling, completion_mask, forward_completion, sample
 
 
@@ -182,6 +183,20 @@ def test_grpo_raises_a_trivial_reward(tiny_qwen2_dir, prompts_file, tmp_path):
     rounds = {json.loads(line)["round"] for line in (res.path / "rollouts.jsonl").read_text().split("\n") if line}
     assert rounds == set(range(20))  # 40 steps, 2 per round, every round's samples logged
     assert last > first + 0.05, (first, last)
+    assert res.metrics["best_beats_start"] is True and res.metrics["best_value"] >= last
+
+
+def test_a_run_that_never_beats_the_start_says_so(tiny_qwen2_dir, prompts_file, tmp_path, capsys, monkeypatch):
+    """The kept checkpoint is the best trained one; when the starting policy scored higher, the
+    result and the log say so (lr=0: every evaluation equals the start, none beats it)."""
+    from lmlab.train.online import run_grpo
+
+    monkeypatch.setenv("LMLAB_QUIET", "0")
+    res = run_grpo(_grpo(tiny_qwen2_dir, prompts_file, tmp_path / "flat", max_steps=4, batch_size=4, rollout_batch=8,
+                         eval_prompts=4, eval_every=2, lr=0.0, max_new_tokens=4))
+    assert res.metrics["best_value"] == pytest.approx(res.metrics["eval_reward_before"])
+    assert res.metrics["best_beats_start"] is False
+    assert "no checkpoint beat the starting policy" in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.slow
@@ -270,3 +285,37 @@ def test_prompts_from_records(tiny_qwen2_dir):
     assert items[0].prompt == "Who is Tom?" and items[0].columns == {"answer": "a cat"}
     assert items[0].text == "<|im_start|>user\nWho is Tom?<|im_end|>\n<|im_start|>assistant\n"
     assert items[1].text == items[1].prompt == "A truly great" and items[1].columns == {"label": "positive"}
+
+
+@pytest.mark.slow
+def test_rl_storyworld_recipe_smoke(tmp_path):
+    """recipes/rl-storyworld.yaml at scale=smoke: SFT → RM → PPO and GRPO toward the learned RM →
+    GRPO on QA exact match → compare. The RL evaluations log the learned reward and the gold reward
+    side by side (the over-optimisation table reads both), and the comparison holds all three models."""
+    from lmlab.recipes import RunConfig, run_recipe
+
+    out = tmp_path / "rl"
+    stages = ["tokenizer", "pt", "sft", "rm", "ppo", "grpo", "grpo_qa", "compare"]
+    run_recipe(RunConfig(recipe="recipes/rl-storyworld.yaml", scale="smoke", out=str(out), only=stages))
+    for stage in ("ppo", "grpo"):
+        result = json.loads((out / stage / "result.json").read_text())
+        assert result["rewards"] == ["rm"]
+        for key in ("eval_reward_before", "eval_reward_after", "eval_gold_before", "eval_gold_after"):
+            assert isinstance(result[key], float), (stage, key)
+        assert 0.0 <= result["eval_gold_after"] <= 1.0
+        val = [r for r in read_jsonl(out / stage / "metrics.jsonl") if r.get("split") == "val"]
+        assert val and {"reward", "gold"} <= set(val[-1])
+    qa = json.loads((out / "grpo_qa" / "result.json").read_text())
+    assert qa["rewards"] == ["storyworld:qa_exact"] and 0.0 <= qa["eval_reward_after"] <= 1.0
+    metrics = json.loads((out / "compare" / "metrics.json").read_text())
+    assert set(metrics["judges"]) == {"gold", "rm"} and len(metrics["text"]) == 3
+
+
+def test_rl_storyworld_recipe_plans_under_every_profile():
+    from lmlab.config import load_yaml
+    from lmlab.recipes import plan
+
+    raw = load_yaml("recipes/rl-storyworld.yaml")
+    for scale in (None, *raw["profiles"]):
+        _, _, stages = plan(raw, source="recipes/rl-storyworld.yaml", scale=scale, overrides={}, out="/tmp/plan-only")
+        assert [s.name for s in stages][-1] == "report"

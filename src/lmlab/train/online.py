@@ -280,6 +280,15 @@ def run_online(stage: str, cfg: OnlineRLConfig, *, resume: bool = False, force: 
         for key in ("reward", "gold"):
             if key in vals[-1]:
                 result[f"eval_{key}_before"], result[f"eval_{key}_after"] = before.get(key), vals[-1][key]
+    start, best = before.get(cfg.select_metric), result.get("best_value")
+    if isinstance(start, float) and isinstance(best, float) and cfg.select_mode != "min":  # rewards: higher is better
+        # the kept checkpoint is the best *trained* one; the starting policy is not a candidate, so say
+        # when it would have won (RL that only lost held-out reward should not pass unnoticed)
+        result["best_beats_start"] = best > start
+        if best <= start:
+            log(f"{stage}: no checkpoint beat the starting policy on held-out {cfg.select_metric} "
+                f"({best:.4f} at best vs {start:.4f} before); final/ holds the best trained checkpoint, "
+                f"but the starting model ({cfg.model}) scores higher")
     result.update({"trainable_params": trainable, "total_params": total, "prompts": len(items),
                    "rollouts_per_round": plan.rollout_batch, "rewards": rewards.names})
     rundir.finish(result)
