@@ -305,6 +305,9 @@ def test_rl_storyworld_recipe_smoke(tmp_path):
         assert 0.0 <= result["eval_gold_after"] <= 1.0
         val = [r for r in read_jsonl(out / stage / "metrics.jsonl") if r.get("split") == "val"]
         assert val and {"reward", "gold"} <= set(val[-1])
+        curve = result["reward_vs_kl"]  # the over-optimisation plot's points: start at KL 0, then each evaluation
+        assert curve[0]["kl"] == 0.0 and curve[-1]["gold"] == pytest.approx(result["eval_gold_after"])
+        assert (out / stage / "reward_vs_kl.png").stat().st_size > 10_000
     qa = json.loads((out / "grpo_qa" / "result.json").read_text())
     assert qa["rewards"] == ["storyworld:qa_exact"] and 0.0 <= qa["eval_reward_after"] <= 1.0
     metrics = json.loads((out / "compare" / "metrics.json").read_text())
@@ -319,3 +322,13 @@ def test_rl_storyworld_recipe_plans_under_every_profile():
     for scale in (None, *raw["profiles"]):
         _, _, stages = plan(raw, source="recipes/rl-storyworld.yaml", scale=scale, overrides={}, out="/tmp/plan-only")
         assert [s.name for s in stages][-1] == "report"
+
+
+def test_divergence_points_pair_each_evaluation_with_the_kl_reached_by_then():
+    from lmlab.train.online import divergence_points
+
+    rows = [{"step": 1, "split": "train", "kl": 0.5}, {"step": 2, "split": "train", "kl": 1.5},
+            {"step": 2, "split": "val", "reward": 2.0, "gold": 0.4}, {"step": 3, "split": "train", "kl": 3.0},
+            {"step": 4, "split": "val", "reward": 3.0, "gold": 0.3}]
+    assert divergence_points({"reward": 1.0, "gold": 0.5}, rows) == [(0, 0.0, 1.0, 0.5), (2, 1.5, 2.0, 0.4), (4, 3.0, 3.0, 0.3)]
+    assert divergence_points({"reward": 1.0}, rows) == []  # no gold column: nothing to compare

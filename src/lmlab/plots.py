@@ -218,3 +218,30 @@ def scatter(groups: Mapping[str, tuple[Sequence[float], Sequence[float]]], out: 
     if groups:
         ax.legend(fontsize=8)
     return _save(fig, out)
+
+
+def reward_vs_kl(runs: Mapping[str, Sequence[tuple[int, float, float, float]]], out: str | Path, *,
+                 learned: str = "learned reward", gold: str = "gold reward") -> Path:
+    """Over-optimisation at a glance: held-out learned and gold reward against KL to the start.
+
+    `runs` maps a run name to its evaluations as (step, KL, learned reward, gold reward) points,
+    the starting policy first (step 0, KL 0); each point is labelled with its step. Gao et al.
+    (2023) plot the same: the proxy keeps rising with KL while the gold reward flattens or falls —
+    where the two panels part is where RL stops helping.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, points in runs.items():
+        kl = [p[1] for p in points]
+        for ax, i in ((axes[0], 2), (axes[1], 3)):
+            ys = [p[i] for p in points]
+            line = ax.plot(kl, ys, marker="o", markersize=4, label=name)[0]
+            for p, x, y in zip(points, kl, ys, strict=True):
+                ax.annotate(str(p[0]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7,
+                            color=line.get_color())
+    for ax, label in ((axes[0], learned), (axes[1], gold)):
+        ax.set_title(f"held-out {label} (labels: step)")
+        ax.set_xlabel("KL to the starting policy (nats per completion, training rollouts)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, out)

@@ -202,6 +202,24 @@ def _evaluate_before(trainer: Any, evaluator: Any, path: Any) -> dict[str, float
     return metrics
 
 
+def divergence_points(before: dict[str, float], rows: Sequence[dict[str, Any]]) -> list[tuple[int, float, float, float]]:
+    """(step, KL, learned reward, gold reward) at the start and at every evaluation with a gold score.
+
+    The KL is the last training row's k1 estimate at or before the evaluation step (the
+    training rollouts' KL to the reference, nats per completion); the start is at KL 0. Empty
+    when the run has no gold column (no storyworld prompts, or the gold judge is the reward).
+    """
+    if "gold" not in before:
+        return []
+    train = [r for r in rows if r.get("split") == "train" and "kl" in r]
+    points = [(0, 0.0, float(before["reward"]), float(before["gold"]))]
+    for v in (r for r in rows if r.get("split") == "val" and "gold" in r):
+        seen = [r for r in train if r["step"] <= v["step"]]
+        if seen:
+            points.append((int(v["step"]), float(seen[-1]["kl"]), float(v["reward"]), float(v["gold"])))
+    return points
+
+
 def run_online(stage: str, cfg: OnlineRLConfig, *, resume: bool = False, force: bool = False) -> RunResult:
     """Set up and train one online-RL stage (see the module docstring)."""
     from lmlab.models import count_parameters
@@ -280,6 +298,12 @@ def run_online(stage: str, cfg: OnlineRLConfig, *, resume: bool = False, force: 
         for key in ("reward", "gold"):
             if key in vals[-1]:
                 result[f"eval_{key}_before"], result[f"eval_{key}_after"] = before.get(key), vals[-1][key]
+    points = divergence_points(before, rundir.metrics())
+    if len(points) > 1:
+        from lmlab.plots import reward_vs_kl
+
+        reward_vs_kl({stage: points}, rundir.path / "reward_vs_kl.png")
+        result["reward_vs_kl"] = [{"step": n, "kl": k, "reward": r, "gold": g} for n, k, r, g in points]
     start, best = before.get(cfg.select_metric), result.get("best_value")
     if isinstance(start, float) and isinstance(best, float) and cfg.select_mode != "min":  # rewards: higher is better
         # the kept checkpoint is the best *trained* one; the starting policy is not a candidate, so say
