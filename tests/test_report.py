@@ -192,3 +192,19 @@ def test_ppl_stage_shows_its_per_sentence_table(tmp_path):
     report(ReportConfig(run_dir=str(root)))
     md = (root / "report.md").read_text()
     assert "| the central bank raised rates | 350.9 | 316.9 |" in md and "| mean of per-text ppl | 350.9 | 316.9 |" in md
+
+
+def test_rl_stage_shows_its_highest_reward_rollouts(tmp_path):
+    """An online RL stage's report lists its best rollouts by reward (where reward hacking shows), best first."""
+    rows = [{"step": s, "split": "train", "loss": 0.1, "reward": 0.1 * s, "kl": 0.5 * s} for s in range(1, 5)]
+    path = _stage(tmp_path / "rl", "grpo", config={"model": "runs/x/sft", "reward": "runs/rm"}, rows=rows,
+                  result={"eval_reward_before": 0.0, "eval_reward_after": 0.4})
+    rollouts = [{"round": i, "prompt": f"p{i}", "completion": f"answer number {i}", "reward": r}
+                for i, r in enumerate([0.2, 3.5, -1.0, 1.25])]
+    (path / "rollouts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rollouts))
+    report(ReportConfig(run_dir=str(tmp_path / "rl"), samples=2))
+    md = (tmp_path / "rl" / "report.md").read_text()
+    section = md[md.index("Highest-reward rollouts"):]
+    assert "the 2 best of 4 logged rollouts" in section
+    assert section.index("answer number 1") < section.index("answer number 3")  # 3.5 before 1.25
+    assert "answer number 0" not in section and "answer number 2" not in section

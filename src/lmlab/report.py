@@ -73,6 +73,8 @@ class Stage:
     samples: list[dict[str, Any]] = field(default_factory=list)
     samples_md: str = ""
     images: list[Path] = field(default_factory=list)
+    rollouts: list[dict[str, Any]] = field(default_factory=list)
+    """online RL stages: every logged rollout (rollouts.jsonl) with its reward"""
 
     @property
     def trained(self) -> bool:
@@ -117,6 +119,7 @@ def read_stage(path: Path, name: str | None = None) -> Stage:
         result=_read_json(run.result_path), eval=_read_json(path / "metrics.json"),
         samples=read_jsonl(path / "samples.jsonl"), images=images,
         samples_md=samples_md.read_text(encoding="utf-8") if samples_md.exists() else "",
+        rollouts=read_jsonl(path / "rollouts.jsonl"),
     )
 
 
@@ -304,6 +307,16 @@ def _sample_rows(samples: list[dict[str, Any]], limit: int) -> list[list[str]]:
     return rows
 
 
+def _top_rollout_rows(rollouts: list[dict[str, Any]], limit: int) -> list[list[str]]:
+    """The highest-reward rollouts of an RL run: where reward hacking shows first."""
+    scored = [r for r in rollouts if isinstance(r.get("reward"), (int, float))]
+    rows = [["reward", "round", "prompt", "completion"]]
+    for r in sorted(scored, key=lambda r: -float(r["reward"]))[:limit]:
+        rows.append([f"{float(r['reward']):.3f}", str(r.get("round", "")), str(r.get("prompt", "")),
+                     str(r.get("completion", ""))])
+    return rows
+
+
 def _scalars(row: dict[str, Any]) -> dict[str, float]:
     """A row's own numbers (not those of nested per-set / per-text breakdowns)."""
     return {k: float(v) for k, v in row.items()
@@ -468,6 +481,11 @@ def build_report(stages: list[Stage], root: Path, title: str, n_samples: int = M
             blocks += [Block("h3", "Side-by-side samples"), *markdown_blocks(s.samples_md, n_samples)]
         elif s.samples:
             blocks += [Block("h3", "Samples"), Block("table", rows=_sample_rows(s.samples, n_samples))]
+        if s.rollouts:
+            blocks += [Block("h3", "Highest-reward rollouts"),
+                       Block("p", f"the {n_samples} best of {len(s.rollouts)} logged rollouts (rollouts.jsonl): "
+                                  "read them for reward hacking"),
+                       Block("table", rows=_top_rollout_rows(s.rollouts, n_samples))]
     return blocks
 
 
