@@ -46,10 +46,10 @@ DEFAULTS: dict[str, Any] = {"size": "cpu", "only": "", "json": "", "markdown": "
 QWEN = "arch=qwen2.5-0.5b"
 BENCHES: dict[str, tuple[str, dict[str, list[str]], int]] = {
     "pretrain": ("pretrain.py", {
-        "cpu": ["steps=12", "warmup=3", "rounds=3"],
+        "cpu": ["steps=40", "warmup=5", "rounds=5"],  # 20-60 ms steps: 12 steps swung ±25% per process
         "gpu": ["hidden=896", "layers=24", "batch_size=16", "max_length=512", "vocab_size=65536", "steps=20", "warmup=5",
                 "rounds=3"],
-        "smoke": ["archs=rnn,transformer", "steps=2", "warmup=1", "rounds=1", "hidden=16", "max_length=16"]}, 150),
+        "smoke": ["archs=rnn,transformer", "steps=2", "warmup=1", "rounds=1", "hidden=16", "max_length=16"]}, 240),
     "sft": ("sft.py", {
         "cpu": ["steps=16", "warmup=4", "rounds=3", "arms=lmlab_padded,plain_padded,trl_padded,lmlab_packed,trl_packed"],
         "gpu": [QWEN, "batch_size=16", "max_length=512", "pad_to_multiple_of=64", "steps=30", "warmup=5", "rounds=3",
