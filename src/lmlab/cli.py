@@ -93,6 +93,8 @@ COMMANDS: list[Command] = [
             "rows, fields, length distributions in words (and tokens with tokenizer=)"),
     Command("data compare", "lmlab.data.commands:DataCompareConfig", "lmlab.data.commands:compare", ("a", "b"),
             "word distributions of two corpora: Zipf plot, OOV rate, JS divergence"),
+    Command("data pairs", "lmlab.eval.self_pairs:PairsConfig", "lmlab.eval.self_pairs:run", (),
+            "a model's own answers ranked by a judge (gold or RM): best vs worst as preference pairs for train rm/dpo"),
     Command("tokenizer train", "lmlab.tokenizers:TokenizerTrainConfig", "lmlab.tokenizers:run_train", (),
             "train a byte-level BPE or char tokenizer; prints its compression"),
     Command("sweep", "lmlab.sweep:SweepConfig", "lmlab.sweep:run", ("recipe",),
