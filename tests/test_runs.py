@@ -261,3 +261,18 @@ def test_truncate_drops_the_end_of_run_eval_logged_after_the_last_checkpoint(tmp
     run.log_metrics({"step": 10, "split": "val", "loss": 0.7})
     run.truncate_metrics(10, last_eval_step=10)  # evaluated before the checkpoint: kept
     assert [(r["step"], r["split"]) for r in run.metrics()][-1] == (10, "val")
+
+
+def test_read_jsonl_keeps_rows_whose_strings_hold_unicode_line_separators(tmp_path):
+    """Sampled text can hold U+0085 / U+2028 (an IMDB review did); json.dumps(ensure_ascii=False)
+    writes them raw, and only "\\n" separates JSON Lines rows (str.splitlines() cut the row in two)."""
+    import json
+
+    from lmlab.runs import read_jsonl
+
+    rows = [{"completion": "a nule of\x85 Fecoffs", "reward": 1.5}, {"completion": "line\u2028sep\u2029para\x1c", "reward": -2.0}]
+    path = tmp_path / "rollouts.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert read_jsonl(path) == rows
+    path.write_text(path.read_text(encoding="utf-8") + '{"torn": ', encoding="utf-8")  # a crash mid-append
+    assert read_jsonl(path) == rows

@@ -123,7 +123,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    # JSON Lines are separated by "\n" only: str.splitlines() would also cut at U+0085, U+2028 ...,
+    # which JSON strings may hold raw (ensure_ascii=False), e.g. in sampled text
+    lines = path.read_text(encoding="utf-8").split("\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
