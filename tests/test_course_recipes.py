@@ -155,7 +155,14 @@ def test_a_course_runs_its_parts_and_writes_one_report(tmp_path, monkeypatch):
     out = tmp_path / "run"
     run_recipe(RunConfig(recipe=str(tmp_path / "course.yaml"), scale="smoke", out=str(out), overrides={"a": {"s": {"text": "cli"}}}))
     assert [(str(out / "a" / "s"), "cli"), (str(out / "b" / "t"), f"{out}/a/s")] == CALLS
-    assert set(json.loads((out / "course.json").read_text())["seconds_per_part"]) == {"a", "b"}
+    first = json.loads((out / "course.json").read_text())
+    assert set(first["seconds_per_part"]) == {"a", "b"} and first["invocations"] == 1
+    # a resumed course adds its seconds to the earlier ones instead of replacing them
+    run_recipe(RunConfig(recipe=str(tmp_path / "course.yaml"), scale="smoke", out=str(out),
+                         overrides={"a": {"s": {"text": "cli"}}}), resume=True)
+    again = json.loads((out / "course.json").read_text())
+    assert again["invocations"] == 2 and all(again["seconds_per_part"][p] >= first["seconds_per_part"][p] for p in "ab")
+    assert again["seconds"] == pytest.approx(sum(again["seconds_per_part"].values()), abs=0.11)
     md = (out / "report.md").read_text()
     assert "a.s" in md and "b.t" in md  # one report over both parts' stages
     with pytest.raises(Exception, match="unknown part"):

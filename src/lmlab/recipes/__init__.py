@@ -18,6 +18,7 @@ typo in the last stage fails in a second, not after an hour of training. A finis
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass, fields
@@ -203,13 +204,18 @@ def run_course(cfg: RunConfig, course: dict[str, Any], *, resume: bool, force: b
     if unknown:
         raise ConfigError(f"{cfg.recipe}: overrides for unknown part(s) {', '.join(sorted(unknown))} "
                           f"(parts: {', '.join(name for name, _, _ in parts)}); write PART.STAGE.key=value")
-    results, seconds, started = {}, {}, time.time()
+    # seconds per part, written after every part (a crash keeps the parts before it); a resumed
+    # course adds this invocation's seconds to the earlier ones, so the file says what the course cost
+    timing = root / "course.json"
+    earlier = json.loads(timing.read_text()) if resume and timing.exists() else {}
+    seconds = dict(earlier.get("seconds_per_part", {}))
+    results, started = {}, time.time()
     for name, part_root, stages in parts:
         t0 = time.time()
         results[name] = execute(name, part_root, stages, only=cfg.only, resume=resume, force=force)
-        seconds[name] = round(time.time() - t0, 1)
-    atomic_write_json(root / "course.json", {"seconds_per_part": seconds, "seconds": round(time.time() - started, 1),
-                                             "scale": cfg.scale})
+        seconds[name] = round(seconds.get(name, 0.0) + time.time() - t0, 1)
+        atomic_write_json(timing, {"seconds_per_part": seconds, "seconds": round(sum(seconds.values()), 1),
+                                   "invocations": int(earlier.get("invocations", 0)) + 1, "scale": cfg.scale})
     report(ReportConfig(run_dir=str(root)))
     log(f"course: {len(parts)} parts in {time.time() - started:.0f}s → {root / 'report.html'}")
     return results
