@@ -312,3 +312,17 @@ def test_tensorboard_holds_the_logged_losses_also_after_a_resume(tmp_path):
     assert sorted(tb) == sorted(logged) == [1, 2, 3, 4, 5, 6]
     for step, loss in logged.items():
         assert tb[step] == pytest.approx(loss, rel=1e-6)
+
+
+def test_reference_logits_never_build_a_graph(tiny_qwen2_dir):
+    """The reference is a fixed function: its logits carry no autograd graph even when the module
+    handed in still has trainable parameters (a reference not passed through `freeze`)."""
+    from transformers import AutoModelForCausalLM
+
+    from lmlab.train.companions import reference_logits
+    from lmlab.train.steps import StepContext
+
+    ref = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+    assert any(p.requires_grad for p in ref.parameters())
+    logits = reference_logits(StepContext(ref_model=ref), input_ids=torch.tensor([[1, 5, 7]]))
+    assert not logits.requires_grad and logits.grad_fn is None

@@ -74,18 +74,22 @@ def load_reference(model_spec: str, *, policy: nn.Module | None, kind: str = "ca
     return freeze(ref)
 
 
-@torch.no_grad()
-def reference_model(ctx: Any) -> Any:
-    """The module `reference_logits` runs: the "ref" companion, else `ctx.ref_model`, else the policy."""
+def _frozen_reference(ctx: Any) -> nn.Module | None:
+    """The separately loaded reference: the "ref" companion, else `ctx.ref_model` (None: use the policy)."""
     ref = ctx.companions.get("ref") if ctx.companions else None
-    ref = ref if ref is not None else ctx.ref_model
+    return ref if ref is not None else ctx.ref_model
+
+
+def reference_model(ctx: Any) -> Any:
+    """The module `reference_logits` runs: the frozen reference, else the policy (with adapters off)."""
+    ref = _frozen_reference(ctx)
     return ref if ref is not None else ctx.policy
 
 
+@torch.no_grad()
 def reference_logits(ctx: Any, **inputs: Any) -> Tensor:
     """Logits of the reference: the "ref" companion, else the policy with its adapters off."""
-    ref = ctx.companions.get("ref") if ctx.companions else None
-    ref = ref if ref is not None else ctx.ref_model
+    ref = _frozen_reference(ctx)
     if ref is not None:
         return ref(**inputs).logits
     policy = ctx.policy
