@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 from functools import lru_cache
-from typing import Any
 
 from torch import Tensor, nn
 
@@ -78,12 +77,3 @@ def align_labels(labels: Tensor, logits: Tensor) -> Tensor:
     forward pass (all of them when the model returned every position)."""
     return labels[:, labels.size(1) - logits.size(1):]
 
-
-def window_logits(model: nn.Module, inputs: dict[str, Any], labels: Tensor) -> tuple[Any, Tensor]:
-    """(model output, labels aligned to its logits): the LM head run on the reply window only.
-
-    `token_logps(out.logits, aligned labels)` gives the same sums as the full forward pass (up to
-    float rounding of a smaller matmul).
-    """
-    out = model(**inputs, **window_kwargs(model, labels))
-    return out, align_labels(labels, out.logits)

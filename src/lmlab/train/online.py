@@ -293,12 +293,13 @@ def run_online(stage: str, cfg: OnlineRLConfig, *, resume: bool = False, force: 
                       param_groups=groups, evaluator=evaluator)
     before = _evaluate_before(trainer, evaluator, rundir.path / "eval_before.json") if evaluator else {}
     result = trainer.fit(resume=resume)
-    vals = [r for r in rundir.metrics() if r.get("split") == "val"]
+    rows = rundir.metrics()
+    vals = [r for r in rows if r.get("split") == "val"]
     if vals:
         for key in ("reward", "gold"):
             if key in vals[-1]:
                 result[f"eval_{key}_before"], result[f"eval_{key}_after"] = before.get(key), vals[-1][key]
-    points = divergence_points(before, rundir.metrics())
+    points = divergence_points(before, rows)
     if len(points) > 1:
         from lmlab.plots import reward_vs_kl
 
