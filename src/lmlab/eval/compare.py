@@ -211,16 +211,29 @@ def make_judges(cfg: CompareConfig) -> dict[str, Scorer]:
             for name, spec in zip(names, specs, strict=True)}
 
 
-def generate_answers(spec: str, prompts: Sequence[Any], cfg: CompareConfig) -> list[str]:
+def answer_prompts(spec: str, prompts: Sequence[Any], decoding: Any, *, template: str, system: str | None,
+                   device: str, batch_size: int) -> list[list[str]]:
+    """`decoding.n` answers to each prompt from model `spec`, prompts rendered with its chat template.
+
+    The model lives only inside this call, so a judge loaded afterwards does not share memory with it.
+    """
     from lmlab.data.chat import render_prompt
     from lmlab.eval.common import load
-    from lmlab.generate import DecodingConfig, generate
+    from lmlab.generate import generate
 
-    model, tokenizer = load(spec, device=cfg.device)
-    texts = [render_prompt(tokenizer, p, template=cfg.template, system=cfg.system) for p in prompts]
+    model, tokenizer = load(spec, device=device)
+    texts = [render_prompt(tokenizer, p, template=template, system=system) for p in prompts]
+    return generate(model, tokenizer, texts, decoding, batch_size=batch_size)
+
+
+def generate_answers(spec: str, prompts: Sequence[Any], cfg: CompareConfig) -> list[str]:
+    from lmlab.generate import DecodingConfig
+
     decoding = DecodingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                               top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty, beams=cfg.beams, seed=cfg.seed)
-    return [outs[0] for outs in generate(model, tokenizer, texts, decoding, batch_size=cfg.batch_size)]
+    outs = answer_prompts(spec, prompts, decoding, template=cfg.template, system=cfg.system, device=cfg.device,
+                          batch_size=cfg.batch_size)
+    return [o[0] for o in outs]
 
 
 def ppl_table(specs: Sequence[str], labels: Sequence[str], cfg: CompareConfig) -> dict[str, Any]:

@@ -83,11 +83,9 @@ def _prompt_json(prompt: Any) -> Any:
 
 
 def run(cfg: PairsConfig) -> dict[str, Any]:
-    from lmlab.data.chat import render_prompt
-    from lmlab.eval.common import load
-    from lmlab.eval.compare import load_prompts
+    from lmlab.eval.compare import answer_prompts, load_prompts
     from lmlab.eval.reward_analysis import load_scorer
-    from lmlab.generate import DecodingConfig, generate
+    from lmlab.generate import DecodingConfig
     from lmlab.progress import log
     from lmlab.runs import atomic_write_json, atomic_write_text
 
@@ -95,13 +93,11 @@ def run(cfg: PairsConfig) -> dict[str, Any]:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"out={cfg.out} is a file; give a folder")
     prompts = load_prompts(cfg.prompts, cfg.split, cfg.n)
-    model, tokenizer = load(cfg.model, device=cfg.device)
-    texts = [render_prompt(tokenizer, p, template=cfg.template, system=cfg.system) for p in prompts]
     decoding = DecodingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                               top_p=cfg.top_p, seed=cfg.seed, n=cfg.samples)
     log(f"data pairs: {cfg.samples} answers to each of {len(prompts)} prompts from {cfg.model}")
-    answers = generate(model, tokenizer, texts, decoding, batch_size=cfg.batch_size)  # [prompt][sample]
-    del model
+    answers = answer_prompts(cfg.model, prompts, decoding, template=cfg.template, system=cfg.system,
+                             device=cfg.device, batch_size=cfg.batch_size)  # [prompt][sample]
     scorer = load_scorer(cfg.judge, batch_size=cfg.batch_size, max_length=cfg.max_length, device=cfg.device)
     flat_prompts = [p for p in prompts for _ in range(cfg.samples)]
     flat = list(map(float, scorer(flat_prompts, [a for outs in answers for a in outs])))
