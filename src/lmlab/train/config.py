@@ -187,8 +187,6 @@ class RewardConfig(TrainConfig):
                                                   "labelled text (data=imdb), an RL reward as a label's logit/probability (train/classifier.py)")
 
 
-
-
 # -- preference optimisation (issue 11): DPO and variants, KTO, SimPO/CPO, ORPO -------------------
 
 @dataclass
@@ -326,8 +324,6 @@ class ORPOConfig(PreferenceConfig):
     reference_free_why = "the odds ratio compares the policy with itself"
 
 
-
-
 # -- online RL (train/online.py) ---------------------------------------------------------------
 
 @dataclass
@@ -430,5 +426,3 @@ class PPOConfig(OnlineRLConfig):
     lam: float = opt(0.95, "λ: GAE bias–variance trade-off (Schulman et al. 2016 eq. 16)")
     whiten_rewards: bool = opt(False, "scale (not centre) the per-token rewards each round before GAE")
     value_lr: float | None = opt(None, "learning rate of the value head (default: lr)")
-
-

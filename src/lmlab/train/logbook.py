@@ -5,9 +5,10 @@ changed on resume). A train row is the weighted mean over its log window; the wi
 `TrainerState`, so a row that spans a checkpoint is the same after a resume.
 
 TensorBoard scalars are buffered and written at each checkpoint and at the end (`flush`), each
-time by a writer that is closed again, so no writer thread lives through the training steps (one
-was suspected of slowing small recurrent models with two OpenMP threads on 2 cores; on the shared
-machine of the session that made this change the measurement was too noisy to settle it).
+time by a writer that is closed again, so no writer thread lives through the training steps. (A
+live writer was once suspected of slowing small recurrent models; quiet measurements later showed
+that slowdown to be timing noise, see docs/performance.md. Writing at checkpoints costs nothing
+either way and keeps the event files in step with the checkpoints a resume returns to.)
 metrics.jsonl, written at every row, stays the record a kill cannot lose; after a resume the
 events logged after the checkpoint are purged (purge_step = checkpoint step + 1).
 """
