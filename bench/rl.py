@@ -13,9 +13,10 @@ both arms in rotation and reports medians (`common.run_rounds`).
 
 Timing: a global optimizer step hook stamps every optimizer step (TRL generates with the model in
 train mode, so training forwards cannot be told from generation forwards); the span from the end
-of step `warmup` to the end of the last step covers whole steps (generation + scoring + update). The
-policy's `generate` is wrapped to time each call and count the generated (non-pad) tokens, so
-the JSON also says which share of a step is generation. Prints one JSON object:
+of step `warmup` to the end of the last step covers whole steps (generation + scoring + update).
+The generating call (TRL: the policy's `generate`; lmlab: `lmlab.sampler.generate_tokens`, its own
+KV-cache decode loop for Llama-family models) is wrapped to time each call and count the generated
+(non-pad) tokens, so the JSON also says which share of a step is generation. Prints one JSON object:
 `prompts_per_s_vs_trl`, `gen_tokens_per_s_vs_trl`, `peak_mem_vs_trl`, and per arm the figures.
 """
 from __future__ import annotations
@@ -72,21 +73,25 @@ class StepClock:
 
 
 class GenerateTimer:
-    """Wraps `model.generate`: (start, end, new tokens) of every call."""
+    """Wraps the function that generates (HF `model.generate` for TRL, `lmlab.sampler.generate_tokens`
+    for lmlab): (start, end, new tokens) of every call."""
 
-    def __init__(self, model: Any, pad_id: int):
+    def __init__(self, owner: Any, name: str, pad_id: int):
         self.calls: list[tuple[float, float, int]] = []
-        inner = model.generate
+        inner = getattr(owner, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
             out = inner(*args, **kwargs)
             seqs = out.sequences if hasattr(out, "sequences") else out
-            prompt_len = kwargs["input_ids"].shape[1] if "input_ids" in kwargs else args[0].shape[1]
+            if "input_ids" in kwargs:
+                prompt_len = kwargs["input_ids"].shape[1]
+            else:  # generate_tokens(model, enc, kwargs, n)
+                prompt_len = args[1]["input_ids"].shape[1] if isinstance(args[1], dict) else args[0].shape[1]
             self.calls.append((t0, time.perf_counter(), int((seqs[:, prompt_len:] != pad_id).sum())))
             return out
 
-        model.generate = timed
+        setattr(owner, name, timed)
 
     def within(self, a: float, b: float) -> tuple[float, int]:
         calls = [c for c in self.calls if c[0] >= a and c[1] <= b]
@@ -104,6 +109,7 @@ def _load(root: Path) -> tuple[Any, Any, list[str]]:
 def run_lmlab(root: Path, opts: dict[str, Any]) -> tuple[Any, Any]:
     from common import Meter
 
+    import lmlab.sampler
     from lmlab.runs import RunDir
     from lmlab.train.advantages import KLController
     from lmlab.train.config import GRPOConfig
@@ -113,7 +119,7 @@ def run_lmlab(root: Path, opts: dict[str, Any]) -> tuple[Any, Any]:
     from lmlab.train.trainer import Trainer
 
     model, tok, prompts = _load(root)
-    meter, timer = Meter(model, tok.pad_token_id), GenerateTimer(model, tok.pad_token_id)
+    meter, timer = Meter(model, tok.pad_token_id), GenerateTimer(lmlab.sampler, "generate_tokens", tok.pad_token_id)
     meter.clock = StepClock()
     G, B = opts["num_generations"], opts["prompts_per_step"] * opts["num_generations"]
     cfg = GRPOConfig(model=str(root / "model"), max_steps=opts["steps"], batch_size=B, rollout_batch=B, num_generations=G,
@@ -135,7 +141,7 @@ def run_trl(root: Path, opts: dict[str, Any]) -> tuple[Any, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     model, tok, prompts = _load(root)
-    meter, timer = Meter(model, tok.pad_token_id), GenerateTimer(model, tok.pad_token_id)
+    meter, timer = Meter(model, tok.pad_token_id), GenerateTimer(model, "generate", tok.pad_token_id)
     meter.clock = StepClock()
     G, B = opts["num_generations"], opts["prompts_per_step"] * opts["num_generations"]
     args = GRPOConfig(output_dir=tempfile.mkdtemp(prefix="trl-bench-rl-"), max_steps=opts["steps"],

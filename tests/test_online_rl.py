@@ -40,25 +40,28 @@ def test_completion_mask_keeps_the_first_stop_token_and_drops_the_rest():
     assert mask.int().tolist()[1] == [1, 1, 1, 0, 0]
 
 
-def test_logprobs_are_those_of_the_temperature_scaled_logits_that_sampled(tiny_qwen2_dir):
+def test_logprobs_are_those_of_the_temperature_scaled_logits_that_sampled(tiny_qwen2_dir, monkeypatch):
     """Rollout log-probs recomputed by one forward pass (left padding, position ids) equal
-    log softmax(logits / T) of the very logits generate sampled from."""
+    log softmax(logits / T) of the very logits the decode loop sampled from."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import lmlab.sampler
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
+    steps = []
+    original = lmlab.sampler.pick
+
+    def pick(logits, *args, **kwargs):
+        steps.append(logits.clone())
+        return original(logits, *args, **kwargs)
+
+    monkeypatch.setattr(lmlab.sampler, "pick", pick)
     captured = {}
-    original = model.generate
-
-    def generate(**kwargs):
-        out = original(**kwargs, output_logits=True, return_dict_in_generate=True)
-        captured["logits"] = torch.stack(out.logits, dim=1)  # (N, C, V) raw logits per step
-        return out.sequences
-
-    model.generate = generate
     T = 0.7
     torch.manual_seed(0)
     batch = sample(model, tok, ["the cat ran to the big", "a"], 2, Sampling(max_new_tokens=6, temperature=T))
+    captured["logits"] = torch.stack(steps, dim=1)  # (N, C, V) raw logits per step
     cmask = batch["completion_mask"].bool()
     assert batch["input_ids"].shape[0] == 4 and batch["attention_mask"][1, 0] == 1 and batch["attention_mask"][3, 0] == 0
     with torch.no_grad():
@@ -332,3 +335,23 @@ def test_divergence_points_pair_each_evaluation_with_the_kl_reached_by_then():
             {"step": 4, "split": "val", "reward": 3.0, "gold": 0.3}]
     assert divergence_points({"reward": 1.0, "gold": 0.5}, rows) == [(0, 0.0, 1.0, 0.5), (2, 1.5, 2.0, 0.4), (4, 3.0, 3.0, 0.3)]
     assert divergence_points({"reward": 1.0}, rows) == []  # no gold column: nothing to compare
+
+
+def test_eval_temperature_zero_evaluates_greedily(tiny_qwen2_dir, prompts_file, tmp_path):
+    """eval_temperature=0: the evaluation is greedy, so it no longer depends on the seed (the
+    training temperature's samples do); a negative value is refused before any work."""
+    from lmlab.train.online import run_grpo
+
+    def before(name, seed, temperature):
+        res = run_grpo(_grpo(tiny_qwen2_dir, prompts_file, tmp_path / name, seed=seed, max_steps=2, lr=0.0,
+                             eval_prompts=8, eval_temperature=temperature))
+        return res.metrics["eval_reward_before"]
+
+    assert before("g0", 0, 0.0) == before("g1", 1, 0.0)
+    assert before("s0", 0, None) != before("s1", 1, None)
+    from lmlab.cli import COMMANDS, call
+
+    grpo = next(c for c in COMMANDS if c.name == "train grpo")
+    with pytest.raises(ConfigError, match="eval_temperature must be >= 0"):
+        call(grpo, {"model": str(tiny_qwen2_dir), "eval_temperature": -1, "out": str(tmp_path / "bad")})
+    assert not (tmp_path / "bad").exists()

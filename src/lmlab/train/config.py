@@ -351,6 +351,8 @@ class OnlineRLConfig(TrainConfig):
     length_penalty: float = opt(0.0, "subtracted × every token beyond target_length")
     target_length: int = opt(0, "tokens free of length_penalty")
     eval_prompts: int = opt(32, "held-out prompts the evaluator samples (reward and gold reward); 0 = no evaluation")
+    eval_temperature: float | None = opt(None, "the evaluator's sampling temperature (0 = greedy: a steadier measure for "
+                                         "exact-match rewards); default: the training temperature")
     log_rollouts_every: int = opt(1, "append every N-th round's rollouts with their rewards to rollouts.jsonl")
     select_metric: str = opt("reward", "the evaluation metric that picks the kept checkpoint (the evaluator's mean reward)")
     tuning: Literal["full", "freeze", "lora"] = opt("full", "which parameters train")
@@ -375,6 +377,8 @@ class OnlineRLConfig(TrainConfig):
             problems.append(f"ppo_epochs must be >= 1, got {self.ppo_epochs}")
         if self.temperature <= 0:
             problems.append(f"temperature must be > 0 for RL sampling, got {self.temperature}")
+        if self.eval_temperature is not None and self.eval_temperature < 0:
+            problems.append(f"eval_temperature must be >= 0 (0 = greedy), got {self.eval_temperature}")
         return problems
 
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from lmlab.train.objectives import IGNORE_INDEX
 
 
-def _innermost(model: nn.Module) -> nn.Module:
+def innermost(model: nn.Module) -> nn.Module:
     """The module whose forward decides which keyword arguments reach the model's own code."""
     seen = 0
     while seen < 8:
@@ -49,7 +49,7 @@ def accepts(model: nn.Module | None, name: str) -> bool:
     """Does the model's own forward take keyword `name` (looking through wrappers)?"""
     if model is None:
         return False
-    return _forward_takes(type(_innermost(model)), name)
+    return _forward_takes(type(innermost(model)), name)
 
 
 def reply_window(labels: Tensor, ignore_index: int = IGNORE_INDEX) -> int:

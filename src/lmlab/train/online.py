@@ -153,7 +153,8 @@ def make_evaluator(cfg: OnlineRLConfig, items: Sequence[PromptItem], rewards: An
     from lmlab.train.rewards import storyworld_gold
 
     gold = cfg.data.startswith("storyworld") and "storyworld:gold" not in rewards.names
-    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+    T = cfg.temperature if cfg.eval_temperature is None else cfg.eval_temperature
+    sampling = Sampling(cfg.max_new_tokens, T, cfg.top_k, cfg.top_p)
 
     def evaluate(trainer: Any) -> dict[str, float]:
         with trainer.generation_model() as model:

@@ -3,7 +3,8 @@
 One *round* (`RolloutSource.get` when its index enters a new round) does, with the current policy:
 
 1. pick `rollout_batch / num_generations` prompts and sample `num_generations` completions each
-   with HF `generate` (KV cache, batched, left padding, temperature / top-k / top-p);
+   (KV cache, batched, left padding, temperature / top-k / top-p): `lmlab.sampler`'s decode loop
+   for Llama-family models, HF `generate` for the rest;
 2. cut every completion after its first stop token (eos or the chat end-of-turn; eos ≠ pad, so the
    stop token itself is trained on and the model learns to stop: Huang et al. 2024, N+ detail 1);
 3. one forward pass for the old log-probs, from the *temperature-scaled* logits the tokens were
@@ -147,13 +148,14 @@ def sample(model: nn.Module, tokenizer: Any, texts: Sequence[str], n: int, sampl
     completion_mask (N, C), ended (N,). Completion tokens after the first stop are replaced by pad."""
     from lmlab.decoding import DecodingConfig
     from lmlab.generate import _encode, generation_kwargs
+    from lmlab.sampler import generate_tokens
 
     dev = next(model.parameters()).device
     enc = _encode(tokenizer, list(texts), dev, left=True)
     cfg = DecodingConfig(max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                          top_k=sampling.top_k, top_p=sampling.top_p, n=n)
     kwargs = generation_kwargs(model, tokenizer, cfg)
-    out = model.generate(**enc, **kwargs)  # (N, P + C')
+    out = generate_tokens(model, enc, kwargs, n)  # (N, P + C'): lmlab's decode loop, or HF generate
     P = enc["input_ids"].size(1)
     completion = out[:, P:]
     if completion.size(1) == 0:
