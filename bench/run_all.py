@@ -61,10 +61,10 @@ BENCHES: dict[str, tuple[str, dict[str, list[str]], int]] = {
                 "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm,lmlab_sft"],
         "smoke": ["steps=3", "warmup=1", "n=40", "hidden=32", "layers=1", "arms=lmlab_dpo,trl_dpo,lmlab_rm,trl_rm"]}, 210),
     "rl": ("rl.py", {
-        "cpu": ["steps=6", "warmup=2"],
+        "cpu": ["steps=12", "warmup=2", "rounds=3"],
         "gpu": ["hidden=896", "layers=24", "prompts_per_step=8", "num_generations=8", "max_new_tokens=128", "steps=12",
                 "warmup=3"],
-        "smoke": ["steps=3", "warmup=1", "hidden=32", "max_new_tokens=8"]}, 120),
+        "smoke": ["steps=3", "warmup=1", "hidden=32", "max_new_tokens=8"]}, 240),
     "serve": ("serve.py", {
         "cpu": ["clients=1,8", "requests=32"],
         "gpu": ["hidden=896", "layers=24", "clients=1,8,32", "requests=64"],
