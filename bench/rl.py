@@ -14,7 +14,7 @@ both arms in rotation and reports medians (`common.run_rounds`).
 Timing: a global optimizer step hook stamps every optimizer step (TRL generates with the model in
 train mode, so training forwards cannot be told from generation forwards); the span from the end
 of step `warmup` to the end of the last step covers whole steps (generation + scoring + update).
-The generating call (TRL: the policy's `generate`; lmlab: `lmlab.sampler.generate_tokens`, its own
+The generating call (TRL: the policy's `generate`; lmlab: `lmlab.train.sampler.generate_tokens`, its own
 KV-cache decode loop for Llama-family models) is wrapped to time each call and count the generated
 (non-pad) tokens, so the JSON also says which share of a step is generation. Prints one JSON object:
 `prompts_per_s_vs_trl`, `gen_tokens_per_s_vs_trl`, `peak_mem_vs_trl`, and per arm the figures.
@@ -73,7 +73,7 @@ class StepClock:
 
 
 class GenerateTimer:
-    """Wraps the function that generates (HF `model.generate` for TRL, `lmlab.sampler.generate_tokens`
+    """Wraps the function that generates (HF `model.generate` for TRL, `lmlab.train.sampler.generate_tokens`
     for lmlab): (start, end, new tokens) of every call."""
 
     def __init__(self, owner: Any, name: str, pad_id: int):
@@ -109,8 +109,8 @@ def _load(root: Path) -> tuple[Any, Any, list[str]]:
 def run_lmlab(root: Path, opts: dict[str, Any]) -> tuple[Any, Any]:
     from common import Meter
 
-    import lmlab.sampler
     from lmlab.runs import RunDir
+    from lmlab.train import sampler
     from lmlab.train.advantages import KLController
     from lmlab.train.config import GRPOConfig
     from lmlab.train.online import grpo_advantages, make_grpo_step
@@ -119,7 +119,7 @@ def run_lmlab(root: Path, opts: dict[str, Any]) -> tuple[Any, Any]:
     from lmlab.train.trainer import Trainer
 
     model, tok, prompts = _load(root)
-    meter, timer = Meter(model, tok.pad_token_id), GenerateTimer(lmlab.sampler, "generate_tokens", tok.pad_token_id)
+    meter, timer = Meter(model, tok.pad_token_id), GenerateTimer(sampler, "generate_tokens", tok.pad_token_id)
     meter.clock = StepClock()
     G, B = opts["num_generations"], opts["prompts_per_step"] * opts["num_generations"]
     cfg = GRPOConfig(model=str(root / "model"), max_steps=opts["steps"], batch_size=B, rollout_batch=B, num_generations=G,

@@ -45,18 +45,18 @@ def test_logprobs_are_those_of_the_temperature_scaled_logits_that_sampled(tiny_q
     log softmax(logits / T) of the very logits the decode loop sampled from."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import lmlab.sampler
+    from lmlab.train import sampler
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
     tok = AutoTokenizer.from_pretrained(tiny_qwen2_dir)
     steps = []
-    original = lmlab.sampler.pick
+    original = sampler.pick
 
     def pick(logits, *args, **kwargs):
         steps.append(logits.clone())
         return original(logits, *args, **kwargs)
 
-    monkeypatch.setattr(lmlab.sampler, "pick", pick)
+    monkeypatch.setattr(sampler, "pick", pick)
     captured = {}
     T = 0.7
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""lmlab.sampler: the hand-written decode loop must give HF `generate`'s tokens (greedy, so every
+"""lmlab.train.sampler: the hand-written decode loop must give HF `generate`'s tokens (greedy, so every
 step's logits are checked through their argmax on a random model whose logits are nearly flat), its
 token picker must draw from HF's warped distribution, and it must stop and pad like generate."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from lmlab.sampler import decoder_of, generate_tokens, pick, sample_tokens
+from lmlab.train.sampler import decoder_of, generate_tokens, pick, sample_tokens
 
 
 def _qwen2(vocab: int = 97, qk_norm: bool = False) -> torch.nn.Module:
@@ -150,7 +150,7 @@ def test_rollout_sample_runs_the_loop_for_a_supported_model(tiny_qwen2_dir, monk
     greedy rows and masks equal those of the same call made through HF generate."""
     from transformers import AutoModelForCausalLM
 
-    import lmlab.sampler
+    from lmlab.train import sampler
     from lmlab.train.rollout import Sampling, sample
 
     model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir).eval()
@@ -158,7 +158,7 @@ def test_rollout_sample_runs_the_loop_for_a_supported_model(tiny_qwen2_dir, monk
     texts = ["the cat sat on the mat and", "a dog"]
     greedy = Sampling(max_new_tokens=12, temperature=0.0)
     with monkeypatch.context() as m:
-        m.setattr(lmlab.sampler, "decoder_of", lambda model: None)  # force HF generate
+        m.setattr(sampler, "decoder_of", lambda model: None)  # force HF generate
         expected = sample(model, tok, texts, 1, greedy)
     calls = []
     monkeypatch.setattr(type(model), "generate", lambda self, **kw: calls.append(kw))

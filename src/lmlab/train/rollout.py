@@ -3,7 +3,7 @@
 One *round* (`RolloutSource.get` when its index enters a new round) does, with the current policy:
 
 1. pick `rollout_batch / num_generations` prompts and sample `num_generations` completions each
-   (KV cache, batched, left padding, temperature / top-k / top-p): `lmlab.sampler`'s decode loop
+   (KV cache, batched, left padding, temperature / top-k / top-p): `lmlab.train.sampler`'s decode loop
    for Llama-family models, HF `generate` for the rest;
 2. cut every completion after its first stop token (eos or the chat end-of-turn; eos ≠ pad, so the
    stop token itself is trained on and the model learns to stop: Huang et al. 2024, N+ detail 1);
@@ -148,7 +148,7 @@ def sample(model: nn.Module, tokenizer: Any, texts: Sequence[str], n: int, sampl
     completion_mask (N, C), ended (N,). Completion tokens after the first stop are replaced by pad."""
     from lmlab.decoding import DecodingConfig
     from lmlab.generate import _encode, generation_kwargs
-    from lmlab.sampler import generate_tokens
+    from lmlab.train.sampler import generate_tokens
 
     dev = next(model.parameters()).device
     enc = _encode(tokenizer, list(texts), dev, left=True)
