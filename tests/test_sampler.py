@@ -115,6 +115,9 @@ def test_models_the_loop_does_not_cover_fall_back_to_generate(tiny_tokenizer_dir
     dropout = _qwen2()
     dropout.config.attention_dropout = 0.1
     assert decoder_of(dropout.train()) is None and decoder_of(dropout.eval()) is dropout
+    zero3 = _qwen2()
+    zero3.model.norm.weight.ds_id = 7  # what DeepSpeed ZeRO-3 marks its partitioned parameters with
+    assert decoder_of(zero3) is None
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
     enc = tok(["the cat"], return_tensors="pt")
     enc = {"input_ids": enc["input_ids"] % 50, "attention_mask": enc["attention_mask"]}

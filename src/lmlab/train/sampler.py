@@ -18,7 +18,8 @@ passes every layer through several decorator wrappers. This loop keeps what a de
 
 It covers the architectures whose decoder layer is exactly that (`SUPPORTED`: Llama — lmlab's
 `transformer:*` — Qwen2 and Qwen3, full attention only). Anything else (recurrent models, GPT-2,
-sliding windows, dropout in training mode) goes through HF `generate`. Greedy decoding gives HF's
+sliding windows, dropout in training mode, weights sharded by FSDP2 or ZeRO-3) goes through HF
+`generate`. Greedy decoding gives HF's
 tokens exactly (tests/test_sampler.py), so the loop is checked against HF on every step it takes.
 """
 from __future__ import annotations
@@ -46,6 +47,8 @@ def decoder_of(model: nn.Module) -> nn.Module | None:
         return None
     if inner.training and float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0:
         return None  # the loop applies no attention dropout; HF's generate does in train mode
+    if any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in inner.parameters()):
+        return None  # FSDP2 / ZeRO-3 shards gather in the wrapped modules' forward hooks, which this loop skips
     base = getattr(inner, "model", None)
     need = ("embed_tokens", "layers", "norm", "rotary_emb")
     if base is None or not all(hasattr(base, a) for a in need) or not hasattr(inner, "lm_head"):
