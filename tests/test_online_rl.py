@@ -298,7 +298,7 @@ def test_rl_storyworld_recipe_smoke(tmp_path):
     from lmlab.recipes import RunConfig, run_recipe
 
     out = tmp_path / "rl"
-    stages = ["tokenizer", "pt", "sft", "rm", "ppo", "grpo", "grpo_qa", "compare"]
+    stages = ["tokenizer", "pt", "sft", "rm", "ppo", "grpo", "grpo_qa", "compare", "compare_sampled"]
     run_recipe(RunConfig(recipe="recipes/rl-storyworld.yaml", scale="smoke", out=str(out), only=stages))
     for stage in ("ppo", "grpo"):
         result = json.loads((out / stage / "result.json").read_text())
@@ -315,6 +315,8 @@ def test_rl_storyworld_recipe_smoke(tmp_path):
     assert qa["rewards"] == ["storyworld:qa_exact"] and 0.0 <= qa["eval_reward_after"] <= 1.0
     metrics = json.loads((out / "compare" / "metrics.json").read_text())
     assert set(metrics["judges"]) == {"gold", "rm"} and len(metrics["text"]) == 3
+    sampled = json.loads((out / "compare_sampled" / "metrics.json").read_text())  # the same prompts at T 0.7
+    assert sampled["text"].keys() == metrics["text"].keys() and sampled["prompts"] == metrics["prompts"]
 
 
 def test_rl_storyworld_recipe_plans_under_every_profile():
