@@ -12,9 +12,10 @@ passes every layer through several decorator wrappers. This loop keeps what a de
    model's own submodules (so LoRA / quantised linears work unchanged) and its rotary embedding
    (so RoPE scaling variants are the model's own);
 3. pick the token from softmax(logits / T) after top-k / top-p by inverting the CDF: one
-   uniform u per row, the first token whose cumulative probability exceeds u (on CPU, 14× cheaper
-   than `torch.multinomial` and 10× cheaper than an exponential or Gumbel race, which draw one
-   random number per vocabulary entry); rows that have stopped get pad; stop when every row has.
+   uniform u per row, the first token whose cumulative probability exceeds u (16 rows × 1,024 on
+   CPU: 34 µs, against 470 µs for `torch.multinomial`, 390 µs for an exponential race and 160 µs
+   for a Gumbel one, which draw a random number per vocabulary entry); rows that have stopped get
+   pad; stop when every row has.
 
 It covers the architectures whose decoder layer is exactly that (`SUPPORTED`: Llama — lmlab's
 `transformer:*` — Qwen2 and Qwen3, full attention only). Anything else (recurrent models, GPT-2,
