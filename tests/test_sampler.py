@@ -49,6 +49,17 @@ def test_greedy_tokens_equal_hf_generate(build):
     assert torch.equal(ours, hf)
 
 
+def test_grouped_query_attention_without_sdpa_gqa_repeats_the_heads(monkeypatch):
+    """torch < 2.5 has no `enable_gqa`: the loop repeats the k/v heads itself, same tokens."""
+    from lmlab.train import sampler
+
+    model, enc = _qwen2(), _prompts()
+    hf = model.generate(**enc, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0)[:, 7:]
+    monkeypatch.setattr(sampler, "_SDPA_GQA", False)
+    ours = sample_tokens(model, enc["input_ids"], enc["attention_mask"], max_new_tokens=16, temperature=0.0)
+    assert torch.equal(ours, hf)
+
+
 def test_n_samples_per_prompt_share_the_prompt_and_are_grouped():
     """n=2 greedy: each prompt's two rows are identical and equal its n=1 row (rows grouped by prompt)."""
     model, enc = _qwen2(), _prompts()

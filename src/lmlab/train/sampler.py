@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SUPPORTED = ("llama", "qwen2", "qwen3")
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+"""`scaled_dot_product_attention(enable_gqa=)` exists (torch >= 2.5; pyproject allows 2.4)."""
 
 
 def decoder_of(model: nn.Module) -> nn.Module | None:
@@ -146,9 +148,16 @@ def sample_tokens(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *
             q = q * cos + _rotate_half(q) * sin
             keys[i][:, :, slot:slot + 1] = k * cos + _rotate_half(k) * sin
             values[i][:, :, slot:slot + 1] = v
-            o = F.scaled_dot_product_attention(q, keys[i][:, :, :slot + 1], values[i][:, :, :slot + 1],
-                                               attn_mask=visible[..., :slot + 1], scale=attn.scaling,
-                                               enable_gqa=heads != kv_heads)
+            k_seen, v_seen = keys[i][:, :, :slot + 1], values[i][:, :, :slot + 1]
+            gqa = {}
+            if heads != kv_heads:  # grouped-query attention: SDPA shares k/v heads itself from torch 2.5
+                if _SDPA_GQA:
+                    gqa = {"enable_gqa": True}
+                else:
+                    k_seen = k_seen.repeat_interleave(heads // kv_heads, dim=1)
+                    v_seen = v_seen.repeat_interleave(heads // kv_heads, dim=1)
+            o = F.scaled_dot_product_attention(q, k_seen, v_seen, attn_mask=visible[..., :slot + 1],
+                                               scale=attn.scaling, **gqa)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(N, 1, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = model.lm_head(base.norm(x))[:, -1]
